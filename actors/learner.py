@@ -1,0 +1,315 @@
+"""Policy learner: one FSDP2 rank of the policy, with the frozen reference model sharded alike.
+
+``LearnerRank`` is the plain class; ``PolicyLearner`` its Ray actor, named ``learner-<rank>``.
+W ranks form one torch.distributed group (gloo on CPU, NCCL on GPU). Every rank receives the whole
+``TrainBatch`` (one object-store reference) and trains on its contiguous slice; losses are scaled
+so that W ranks take exactly the step one rank would take on the whole batch. Rank 0 is the send
+side of the weight broadcast to the rollout engines.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import ray
+import torch
+import torch.distributed as dist
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+from cluster import grpo
+from cluster.config import GRPOConfig, LearnerConfig
+from cluster.payloads import TrainBatch
+
+
+def lr_lambda(cfg: LearnerConfig, total_steps: int):
+    def factor(step: int) -> float:
+        if step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        if cfg.lr_schedule == "constant":
+            return 1.0
+        progress = min(1.0, (step - cfg.warmup_steps) / max(1, total_steps - cfg.warmup_steps))
+        decay = 0.5 * (1 + math.cos(math.pi * progress)) if cfg.lr_schedule == "cosine" else 1 - progress
+        return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * decay
+
+    return factor
+
+
+class LearnerRank:
+    def __init__(
+        self,
+        rank: int,
+        world_size: int,
+        model_path: str,
+        learner: LearnerConfig,
+        grpo_cfg: GRPOConfig,
+        *,
+        master_addr: str,
+        master_port: int,
+        temperature: float = 1.0,
+        max_response_len: int = 48,
+        total_steps: int = 1,
+        seed: int = 0,
+    ) -> None:
+        self.rank, self.world_size = rank, world_size
+        self.cfg, self.grpo = learner, grpo_cfg
+        self.temperature, self.max_response_len = temperature, max_response_len
+        self.device = torch.device("cuda", 0) if learner.gpus_per_rank else torch.device("cpu")
+        if not dist.is_initialized():
+            backend = "nccl" if self.device.type == "cuda" else "gloo"
+            dist.init_process_group(
+                backend, init_method=f"tcp://{master_addr}:{master_port}", rank=rank, world_size=world_size
+            )
+        torch.manual_seed(seed + rank)
+        self.model_path = model_path
+        self.model = self._load_sharded(model_path, trainable=True)
+        self.ref = self._load_sharded(model_path, trainable=False) if grpo_cfg.kl_coef > 0 else None
+        self.optimizer = torch.optim.AdamW(
+            self.model.parameters(), lr=learner.lr, betas=learner.betas, weight_decay=learner.weight_decay
+        )
+        optimizer_steps = total_steps * grpo_cfg.epochs * grpo_cfg.mini_batches
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(learner, optimizer_steps))
+        self.weight_sender = None
+        self.sync_client = None
+
+    # ------------------------------------------------------------------ model
+    def _load_sharded(self, path: str, trainable: bool) -> torch.nn.Module:
+        from torch.distributed.device_mesh import init_device_mesh
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(self.device)
+        if trainable and self.cfg.activation_checkpointing:
+            model.gradient_checkpointing_enable()
+        mesh = init_device_mesh(self.device.type, (self.world_size,))
+        bf16 = self.cfg.mixed_precision == "bf16"
+        policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 else None
+        kwargs = {"mesh": mesh, **({"mp_policy": policy} if policy else {})}
+        for layer in model.model.layers:
+            fully_shard(layer, **kwargs)
+        fully_shard(model, **kwargs)
+        model.train(trainable)
+        model.requires_grad_(trainable)
+        return model
+
+    def _response_logits(
+        self, model: torch.nn.Module, batch: TrainBatch
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Logits predicting each response token, the tokens, and the response mask, all (B, R, ...)."""
+        ids = torch.tensor(batch.input_ids, device=self.device)
+        prompt = torch.tensor(batch.prompt_lens, device=self.device)
+        resp = torch.tensor(batch.response_lens, device=self.device)
+        width = max(1, batch.max_response_len)
+        positions = torch.arange(ids.shape[1], device=self.device)
+        attention = (positions[None] < (prompt + resp)[:, None]).long()
+        logits = model(input_ids=ids, attention_mask=attention).logits
+        offsets = torch.arange(width, device=self.device)
+        target_pos = (prompt[:, None] + offsets[None]).clamp(max=ids.shape[1] - 1)
+        picked = logits.gather(1, (target_pos - 1)[..., None].expand(-1, -1, logits.shape[-1]))
+        mask = (offsets[None] < resp[:, None]).float()
+        return picked, ids.gather(1, target_pos), mask
+
+    def _logprobs(self, model: torch.nn.Module, batch: TrainBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        logits, tokens, mask = self._response_logits(model, batch)
+        return grpo.token_logprobs(logits, tokens, self.temperature), mask
+
+    @torch.no_grad()
+    def compute_logprobs(self, batch: TrainBatch, reference: bool = False) -> np.ndarray:
+        """Per-response-token logprobs (B, R) of this rank's model (or the reference), 0 on padding."""
+        model = self.ref if reference else self.model
+        if model is None:
+            raise ValueError("no reference model: grpo.kl_coef is 0")
+        width = max(1, batch.max_response_len)
+        out = [_pad_to(lp * m, width) for lp, m in (self._logprobs(model, c) for c in self._micro_batches(batch))]
+        return torch.cat(out).float().cpu().numpy()
+
+    def _micro_batches(self, batch: TrainBatch) -> list[TrainBatch]:
+        step = self.cfg.micro_batch_size
+        return [batch.select(slice(i, i + step)) for i in range(0, len(batch), step)]
+
+    def _shard(self, batch: TrainBatch) -> TrainBatch:
+        size = len(batch) // self.world_size
+        return batch.select(slice(self.rank * size, (self.rank + 1) * size))
+
+    # ------------------------------------------------------------------ training
+    def train_step(self, batch: TrainBatch) -> dict[str, float]:
+        """mu passes of clipped GRPO updates over this rank's shard; returns averaged metrics."""
+        start = time.perf_counter()
+        shard = self._shard(batch)
+        old = torch.as_tensor(self.compute_logprobs(shard))
+        ref = torch.as_tensor(self.compute_logprobs(shard, reference=True)) if self.ref else None
+        metrics = self._sync_check(shard, old)
+        totals: dict[str, float] = {}
+        mini_size = len(shard) // self.grpo.mini_batches
+        for _ in range(self.grpo.epochs):
+            for k in range(self.grpo.mini_batches):
+                rows = slice(k * mini_size, (k + 1) * mini_size)
+                step_metrics = self._optimizer_step(shard, rows, old, ref)
+                for key, value in step_metrics.items():
+                    totals[key] = totals.get(key, 0.0) + value
+        updates = self.grpo.epochs * self.grpo.mini_batches
+        metrics.update({key: value / updates for key, value in totals.items()})
+        tokens = float(shard.response_lens.sum()) * self.grpo.epochs
+        metrics["throughput/train_tokens_per_s"] = tokens * self.world_size / (time.perf_counter() - start)
+        metrics["lr"] = self.scheduler.get_last_lr()[0]
+        return metrics
+
+    def _optimizer_step(
+        self, shard: TrainBatch, rows: slice, old: torch.Tensor, ref: torch.Tensor | None
+    ) -> dict[str, float]:
+        mini = shard.select(rows)
+        old_mini, ref_mini = old[rows], None if ref is None else ref[rows]
+        token_total = torch.tensor(float(mini.response_lens.sum()))
+        dist.all_reduce(token_total)
+        sums: dict[str, float] = {}
+        step = self.cfg.micro_batch_size
+        for i in range(0, len(mini), step):
+            micro = mini.select(slice(i, i + step))
+            logits, tokens, mask = self._response_logits(self.model, micro)
+            lp = grpo.token_logprobs(logits, tokens, self.temperature)
+            width = lp.shape[1]
+            loss, m = grpo.policy_loss(
+                lp,
+                old_mini[i : i + step, :width].to(self.device),
+                None if ref_mini is None else ref_mini[i : i + step, :width].to(self.device),
+                torch.as_tensor(micro.advantages, device=self.device),
+                mask,
+                clip_low=self.grpo.clip_low,
+                clip_high=self.grpo.clip_high,
+                kl_coef=self.grpo.kl_coef,
+                loss_agg=self.grpo.loss_agg,
+                max_tokens=self.max_response_len,
+            )
+            (loss * self._loss_scale(micro, mini, token_total)).backward()
+            share = len(micro) / len(mini)
+            with torch.no_grad():
+                m["entropy"] = grpo.masked_mean(grpo.entropy_from_logits(logits), mask).item()
+            for key, value in m.items():
+                sums[key] = sums.get(key, 0.0) + value * share
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+        grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        sums["grad_norm"] = float(grad_norm)
+        return _all_mean(sums)
+
+    def _loss_scale(self, micro: TrainBatch, mini: TrainBatch, token_total: torch.Tensor) -> float:
+        # FSDP averages gradients over ranks, so each micro-batch's share of the global mean is
+        # multiplied by the world size; token-mean weighs by tokens, the others by sequences.
+        if self.grpo.loss_agg == "token-mean":
+            return float(micro.response_lens.sum()) / max(1.0, token_total.item()) * self.world_size
+        return len(micro) / len(mini)
+
+    def _sync_check(self, shard: TrainBatch, old: torch.Tensor) -> dict[str, float]:
+        """How far the engine's logprobs are from the learner's for the same tokens (proves the sync)."""
+        if shard.rollout_logprobs is None:
+            return {}
+        width = shard.max_response_len
+        learner_lp = old[:, :width]
+        engine_lp = torch.as_tensor(shard.rollout_logprobs[:, :width])
+        mask = torch.arange(width)[None] < torch.as_tensor(shard.response_lens)[:, None]
+        diff = (learner_lp - engine_lp).abs()[mask]
+        stats = torch.tensor([diff.max().item() if diff.numel() else 0.0, diff.sum().item(), float(diff.numel())])
+        maxes = stats[:1].clone()
+        dist.all_reduce(maxes, op=dist.ReduceOp.MAX)
+        dist.all_reduce(stats)
+        return {
+            "rollout/logprob_diff_max": maxes.item(),
+            "rollout/logprob_diff_mean": (stats[1] / max(stats[2], 1)).item(),
+        }
+
+    # ------------------------------------------------------------------ weight broadcast
+    def init_weight_sync(
+        self, kind: str, rollout_workers: list, master_addr: str, master_port: int, ranks_per_engine: int = 1
+    ) -> None:
+        from vllm.distributed.weight_transfer.base import ModuleSource
+        from vllm.distributed.weight_transfer.factory import WeightTransferTrainerFactory
+
+        from cluster.weight_sync import RolloutFanoutClient, register_vllm_plugin, trainer_init_info
+
+        register_vllm_plugin()
+        self.sync_client = RolloutFanoutClient(rollout_workers, ranks_per_engine)
+        world = 1 + len(rollout_workers) * ranks_per_engine
+        info = trainer_init_info(kind, master_addr, master_port, world, self.rank)
+        self.weight_sender = WeightTransferTrainerFactory.trainer_init(
+            info, client=self.sync_client, source=ModuleSource(self.model)
+        )
+
+    def sync_weights(self, version: int) -> dict[str, float]:
+        if self.weight_sender is None:
+            raise RuntimeError("init_weight_sync was not called")
+        start = time.perf_counter()
+        self.sync_client.next_version = version
+        self.weight_sender.send_weights()
+        return {
+            "time/weight_sync_s": time.perf_counter() - start,
+            "time/weight_receive_s": self.sync_client.last_receive_s,
+        }
+
+    # ------------------------------------------------------------------ checkpoints
+    def save_checkpoint(self, path: str) -> None:
+        """Hugging Face weights (safetensors) plus optimizer, scheduler and RNG state; rank 0 writes."""
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            get_model_state_dict,
+            get_optimizer_state_dict,
+        )
+
+        opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        weights = get_model_state_dict(self.model, options=opts)
+        optim = get_optimizer_state_dict(self.model, self.optimizer, options=opts)
+        rng = [None] * self.world_size
+        dist.all_gather_object(rng, torch.get_rng_state())
+        if self.rank != 0:
+            return
+        from safetensors.torch import save_file
+        from transformers import AutoTokenizer
+
+        out = Path(path)
+        out.mkdir(parents=True, exist_ok=True)
+        config = self.model.config
+        if config.tie_word_embeddings:
+            weights.pop("lm_head.weight", None)
+        save_file({k: v.contiguous() for k, v in weights.items()}, out / "model.safetensors", metadata={"format": "pt"})
+        config.save_pretrained(out)
+        AutoTokenizer.from_pretrained(self.model_path).save_pretrained(out)
+        torch.save({"optimizer": optim, "scheduler": self.scheduler.state_dict(), "rng": rng}, out / "trainer_state.pt")
+
+    def load_checkpoint(self, path: str) -> None:
+        from safetensors.torch import load_file
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            set_model_state_dict,
+            set_optimizer_state_dict,
+        )
+
+        opts = StateDictOptions(full_state_dict=True)
+        weights = load_file(Path(path) / "model.safetensors")
+        if self.model.config.tie_word_embeddings:
+            weights["lm_head.weight"] = weights["model.embed_tokens.weight"]
+        set_model_state_dict(self.model, weights, options=opts)
+        state = torch.load(Path(path) / "trainer_state.pt", weights_only=False)
+        set_optimizer_state_dict(self.model, self.optimizer, state["optimizer"], options=opts)
+        self.scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"][self.rank])
+
+    def shutdown(self) -> None:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _pad_to(x: torch.Tensor, width: int) -> torch.Tensor:
+    return torch.nn.functional.pad(x, (0, max(0, width - x.shape[1])))[:, :width]
+
+
+def _all_mean(values: dict[str, float]) -> dict[str, float]:
+    """Average metrics over ranks (one all-reduce)."""
+    keys = sorted(values)
+    t = torch.tensor([values[k] for k in keys], dtype=torch.float64)
+    dist.all_reduce(t)
+    return {k: (t[i] / dist.get_world_size()).item() for i, k in enumerate(keys)}
+
+
+PolicyLearner = ray.remote(LearnerRank)

@@ -1,0 +1,138 @@
+"""Rollout worker: one vLLM engine that samples groups of completions and takes weight updates.
+
+``RolloutEngine`` is the plain class (usable without Ray); ``RolloutWorker`` is its Ray actor,
+named ``rollout-<i>``. Weight updates arrive through vLLM's weight-transfer API: the learner's
+``RolloutFanoutClient`` calls ``init_weight_transfer_engine`` once and then
+``start_weight_update`` / ``update_weights`` / ``finish_weight_update`` every step.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+import ray
+
+from cluster.payloads import Rollouts, SamplingSpec
+
+
+class RolloutEngine:
+    def __init__(
+        self,
+        model_path: str,
+        *,
+        dtype: str = "float32",
+        max_model_len: int = 512,
+        seed: int = 0,
+        gpu_memory_utilization: float = 0.15,
+        tensor_parallel_size: int = 1,
+        enforce_eager: bool = True,
+        weight_sync: str | None = "gloo",
+        trust_remote_code: bool = False,
+    ) -> None:
+        from vllm import LLM
+        from vllm.config import WeightTransferConfig
+
+        self.llm = LLM(
+            model=model_path,
+            dtype=dtype,
+            seed=seed,
+            max_model_len=max_model_len,
+            gpu_memory_utilization=gpu_memory_utilization,
+            tensor_parallel_size=tensor_parallel_size,
+            enforce_eager=enforce_eager,
+            trust_remote_code=trust_remote_code,
+            # Logprobs of the distribution actually sampled from (after temperature), which is
+            # what the learner computes with logits / T.
+            logprobs_mode="processed_logprobs",
+            weight_transfer_config=WeightTransferConfig(backend=weight_sync) if weight_sync else None,
+        )
+        self.tensor_parallel_size = tensor_parallel_size
+        self.policy_version = 0
+
+    def generate(self, prompt_ids: list[np.ndarray], group_size: int, sampling: SamplingSpec) -> Rollouts:
+        """G completions for every prompt, with the engine's logprobs of the sampled tokens."""
+        from vllm import SamplingParams
+
+        params = SamplingParams(
+            n=group_size,
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+            max_tokens=sampling.max_tokens,
+            stop=list(sampling.stop),
+            include_stop_str_in_output=True,
+            logprobs=0 if sampling.logprobs else None,
+        )
+        start = time.perf_counter()
+        outputs = self.llm.generate(
+            [{"prompt_token_ids": [int(t) for t in ids]} for ids in prompt_ids], params, use_tqdm=False
+        )
+        completions = [c for out in outputs for c in sorted(out.outputs, key=lambda c: c.index)]
+        return _to_rollouts(prompt_ids, group_size, completions, sampling.logprobs, self.policy_version, start)
+
+    def prompt_logprobs(self, sequences: list[np.ndarray], temperature: float = 1.0) -> list[np.ndarray]:
+        """The engine's logprob of every token of each sequence given the ones before (index 0 is nan)."""
+        from vllm import SamplingParams
+
+        params = SamplingParams(max_tokens=1, temperature=temperature, prompt_logprobs=0)
+        outputs = self.llm.generate(
+            [{"prompt_token_ids": [int(t) for t in seq]} for seq in sequences], params, use_tqdm=False
+        )
+        result = []
+        for seq, out in zip(sequences, outputs, strict=True):
+            values = [np.nan] + [
+                entry[int(tok)].logprob for tok, entry in zip(seq[1:], out.prompt_logprobs[1:], strict=True)
+            ]
+            result.append(np.asarray(values, dtype=np.float32))
+        return result
+
+    def init_weight_transfer_engine(self, init_info: dict[str, Any]) -> None:
+        self.llm.init_weight_transfer_engine({"init_info": init_info})
+
+    def start_weight_update(self) -> None:
+        self.llm.start_weight_update()
+
+    def update_weights(self, update_info: dict[str, Any]) -> float:
+        """Receive one round of weights; returns the seconds spent receiving and loading."""
+        start = time.perf_counter()
+        self.llm.update_weights({"update_info": update_info})
+        return time.perf_counter() - start
+
+    def finish_weight_update(self, weight_version: str | None = None) -> int:
+        self.llm.finish_weight_update()
+        # Cached prefixes hold KV computed with the old weights.
+        self.llm.reset_prefix_cache()
+        self.policy_version = int(weight_version) if weight_version is not None else self.policy_version + 1
+        return self.policy_version
+
+    def get_policy_version(self) -> int:
+        return self.policy_version
+
+    def ready(self) -> bool:
+        return True
+
+
+def _to_rollouts(prompt_ids, group_size, completions, with_logprobs: bool, version: int, start: float) -> Rollouts:
+    width = max((len(c.token_ids) for c in completions), default=0) or 1
+    tokens = np.zeros((len(completions), width), dtype=np.int32)
+    logprobs = np.zeros((len(completions), width), dtype=np.float32) if with_logprobs else None
+    for row, c in enumerate(completions):
+        ids = list(c.token_ids)
+        tokens[row, : len(ids)] = ids
+        if logprobs is not None:
+            logprobs[row, : len(ids)] = [step[tok].logprob for tok, step in zip(ids, c.logprobs, strict=True)]
+    return Rollouts(
+        group_size=group_size,
+        prompt_ids=[np.asarray(p, dtype=np.int32) for p in prompt_ids],
+        tokens=tokens,
+        lengths=np.array([len(c.token_ids) for c in completions], dtype=np.int32),
+        logprobs=logprobs,
+        texts=[c.text for c in completions],
+        finish_reasons=[str(c.finish_reason) for c in completions],
+        policy_version=version,
+        gen_seconds=time.perf_counter() - start,
+    )
+
+
+RolloutWorker = ray.remote(RolloutEngine)

@@ -1,0 +1,97 @@
+"""Reward scorer: rule-based rewards for a batch of completions, every call under a hard deadline.
+
+``Scorer`` is the plain class; ``RewardScorer`` its Ray actor, named ``reward-<i>`` (a small pool
+of them splits each batch). Completions are scored in chunks inside killable worker processes; a
+chunk that overruns or fails is re-scored one completion and one reward at a time, so only the
+offending pair scores 0, and it is counted in ``reward/timeouts`` or ``reward/errors``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import ray
+
+from rewards import WeightedReward, get_reward
+from rewards.deadline import DeadlineExecutor
+
+CHUNK = 64
+
+
+@dataclass
+class Scores:
+    """Weighted totals and raw components, one entry per completion."""
+
+    total: np.ndarray
+    components: dict[str, np.ndarray]
+    timeouts: int = 0
+    errors: int = 0
+    seconds: float = 0.0
+    error_messages: list[str] = field(default_factory=list)
+
+    @staticmethod
+    def concat(parts: list[Scores]) -> Scores:
+        names = parts[0].components
+        return Scores(
+            total=np.concatenate([p.total for p in parts]),
+            components={n: np.concatenate([p.components[n] for p in parts]) for n in names},
+            timeouts=sum(p.timeouts for p in parts),
+            errors=sum(p.errors for p in parts),
+            seconds=max(p.seconds for p in parts),
+            error_messages=[m for p in parts for m in p.error_messages][:10],
+        )
+
+
+def _score_chunk(reward: WeightedReward, completions: list[str], answers: list[str]) -> list[dict[str, float]]:
+    return [reward(c, a)[1] for c, a in zip(completions, answers, strict=True)]
+
+
+def _score_one(name: str, completion: str, answer: str) -> float:
+    return float(get_reward(name)(completion, answer))
+
+
+class Scorer:
+    def __init__(self, weights: dict[str, float], timeout_s: float = 5.0, workers: int = 1) -> None:
+        self.weights = dict(weights)
+        self.reward = WeightedReward(weights)
+        self.timeout_s = timeout_s
+        self.executor = DeadlineExecutor(max_workers=workers)
+
+    def score(self, completions: list[str], answers: list[str]) -> Scores:
+        if len(completions) != len(answers):
+            raise ValueError(f"{len(completions)} completions but {len(answers)} answers")
+        start = time.perf_counter()
+        rows: list[dict[str, float]] = []
+        counts = {"timeout": 0, "error": 0}
+        messages: list[str] = []
+        for i in range(0, len(completions), CHUNK):
+            chunk_c, chunk_a = completions[i : i + CHUNK], answers[i : i + CHUNK]
+            outcome = self.executor.run(_score_chunk, self.reward, chunk_c, chunk_a, timeout=self.timeout_s)
+            if outcome.status == "ok":
+                rows.extend(outcome.value)
+            else:
+                rows.extend(self._one_by_one(c, a, counts, messages) for c, a in zip(chunk_c, chunk_a, strict=True))
+        names = self.reward.names
+        components = {n: np.array([r[n] for r in rows], dtype=np.float32) for n in names}
+        total = sum((self.weights[n] * components[n] for n in names), np.zeros(len(rows), dtype=np.float32))
+        return Scores(total, components, counts["timeout"], counts["error"], time.perf_counter() - start, messages)
+
+    def _one_by_one(
+        self, completion: str, answer: str, counts: dict[str, int], messages: list[str]
+    ) -> dict[str, float]:
+        row = {}
+        for name in self.reward.names:
+            outcome = self.executor.run(_score_one, name, completion, answer, timeout=self.timeout_s)
+            row[name] = outcome.value if outcome.status == "ok" else 0.0
+            if outcome.status != "ok":
+                counts[outcome.status] += 1
+                messages.append(f"{name}: {outcome.status}: {outcome.error}")
+        return row
+
+    def close(self) -> None:
+        self.executor.close()
+
+
+RewardScorer = ray.remote(Scorer)

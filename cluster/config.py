@@ -1,0 +1,290 @@
+"""Typed configuration of an r1ray run: one pydantic model per component, loaded from YAML.
+
+A run is described by a YAML file under ``deploy/configs/`` plus ``--set dotted.key=value``
+overrides. ``load_config`` turns every kind of bad input (missing file, bad YAML, unknown key,
+wrong type, value out of range, inconsistent sizes) into a ``ConfigError`` whose message names
+the dotted field, so the CLI can print one line and exit with code 2.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "deploy" / "configs"
+DEFAULT_CONFIG = CONFIG_DIR / "demo.yaml"
+
+R1_ZERO_TEMPLATE = (
+    "A conversation between User and Assistant. The user asks a question, and the Assistant solves it. "
+    "The assistant first thinks about the reasoning process in the mind and then provides the user with "
+    "the answer. The reasoning process and answer are enclosed within <think> </think> and <answer> </answer> "
+    "tags, respectively, i.e., <think> reasoning process here </think> <answer> answer here </answer>. "
+    "User: {prompt}. Assistant: <think>"
+)
+TEMPLATES = {"r1zero": R1_ZERO_TEMPLATE, "raw": "{prompt}"}
+
+
+class ConfigError(ValueError):
+    """A configuration problem, already phrased for the person who wrote the config."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, use_attribute_docstrings=True)
+
+
+class ModelConfig(_Section):
+    path: str = "builtin:tiny-adder"
+    """Hugging Face model directory, or ``builtin:tiny-adder`` for the demo model r1ray builds itself."""
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    """Dtype of the rollout engines and of the learner's compute (bf16 needs a GPU)."""
+    max_prompt_len: int = Field(256, ge=1, le=131072)
+    """Longest prompt in tokens; longer dataset prompts are an error, not silently cut."""
+    max_response_len: int = Field(48, ge=1, le=131072)
+    """Most tokens generated per completion (the one owner of the response length)."""
+    trust_remote_code: bool = False
+    """Let transformers and vLLM run code shipped with the model."""
+
+
+class DataConfig(_Section):
+    train: str = "builtin:addition"
+    """Training prompts: a local ``.jsonl``/``.json``/``.parquet`` file, or ``builtin:addition``."""
+    eval: str | None = None
+    """Held-out prompts in the same formats; for builtin tasks, None draws problems disjoint from training."""
+    prompt_key: str = "prompt"
+    """Column holding the question."""
+    answer_key: str = "answer"
+    """Column holding the gold answer given to the reward functions."""
+    template: str = "raw"
+    """``r1zero`` (the DeepSeek-R1-Zero template), ``raw``, or any string containing ``{prompt}``."""
+    eval_size: int = Field(200, ge=1)
+    """Number of held-out problems evaluated."""
+    eval_samples: int = Field(4, ge=1)
+    """Samples per held-out problem for sampled pass@1 (averaged, as the R1 paper reports it)."""
+    digits: int = Field(3, ge=1, le=9)
+    """Operand size of the builtin arithmetic task."""
+
+    @model_validator(mode="after")
+    def _template_has_prompt(self) -> DataConfig:
+        if self.template not in TEMPLATES and "{prompt}" not in self.template:
+            raise ValueError(f"data.template must be one of {sorted(TEMPLATES)} or contain '{{prompt}}'")
+        return self
+
+    def template_text(self) -> str:
+        return TEMPLATES.get(self.template, self.template)
+
+
+class RolloutConfig(_Section):
+    num_workers: int = Field(1, ge=1)
+    """Number of vLLM rollout engines (Ray actors ``rollout-<i>``)."""
+    cpus_per_worker: float = Field(1.0, gt=0)
+    """CPUs reserved for each rollout actor."""
+    gpus_per_worker: int = Field(0, ge=0)
+    """GPUs per rollout engine; the engine uses them with tensor parallelism."""
+    resources: dict[str, float] = {}
+    """Extra custom Ray resources each rollout worker requests (e.g. ``{rollout: 1}``) to steer node types."""
+    temperature: float = Field(1.0, ge=0.0, le=10.0)
+    """Sampling temperature of training rollouts and of sampled evaluation."""
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    """Nucleus sampling threshold (keep 1.0 so the engine's logprobs match the learner's)."""
+    stop: list[str] = ["</answer>"]
+    """Stop strings; the stop string is kept in the output (R1-Zero stops at ``</answer>``)."""
+    gpu_memory_utilization: float = Field(0.15, gt=0.0, le=0.95)
+    """Share of GPU memory (on CPU: of RAM) vLLM reserves for weights and KV cache."""
+    enforce_eager: bool = True
+    """Skip CUDA-graph / compile warm-up; faster start, slower decoding on GPUs."""
+    seed: int = 0
+    """Engine seed; worker ``i`` uses ``seed + i``. Reproducibility comes from it plus request order."""
+
+
+class RewardConfig(_Section):
+    weights: dict[str, float] = {"exact": 1.0, "format": 0.1}
+    """Reward names (see ``rewards.REWARD_NAMES``) or ``module:function`` paths, with their weights."""
+    timeout_s: float = Field(5.0, gt=0.0, le=600.0)
+    """Hard deadline per completion; a reward that times out or raises scores 0 and is counted."""
+    num_scorers: int = Field(1, ge=1)
+    """Reward scorer actors (``reward-<i>``), each scoring its share of the batch."""
+    accuracy_key: str = "exact"
+    """The reward component reported as accuracy and used for evaluation."""
+
+    @model_validator(mode="after")
+    def _known_weights(self) -> RewardConfig:
+        if not self.weights:
+            raise ValueError("reward.weights must name at least one reward")
+        if self.accuracy_key not in self.weights:
+            raise ValueError(f"reward.accuracy_key {self.accuracy_key!r} is not one of reward.weights")
+        return self
+
+
+class GRPOConfig(_Section):
+    steps: int = Field(100, ge=1)
+    """Number of GRPO steps (one batch of prompts each)."""
+    prompts_per_step: int = Field(32, ge=1)
+    """Prompts drawn per step."""
+    group_size: int = Field(8, ge=2)
+    """Completions sampled per prompt (G); advantages are relative within a group."""
+    epochs: int = Field(1, ge=1)
+    """Passes over each batch (mu in the GRPO paper); above 1 the clipped ratio matters."""
+    mini_batches: int = Field(1, ge=1)
+    """Optimizer steps per pass; the batch is split into this many mini-batches."""
+    clip_low: float = Field(0.2, ge=0.0, lt=1.0)
+    """Lower ratio clip (1 - clip_low)."""
+    clip_high: float = Field(0.2, ge=0.0)
+    """Upper ratio clip (1 + clip_high); DAPO's clip-higher raises it."""
+    kl_coef: float = Field(0.01, ge=0.0)
+    """Weight of the k3 KL penalty to the frozen reference model; 0 skips the reference model."""
+    loss_agg: Literal["seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm"] = "seq-mean-token-mean"
+    """Loss aggregation: GRPO paper, DAPO, or Dr. GRPO."""
+    scale_advantages: bool = True
+    """Divide by the group std (GRPO); False gives Dr. GRPO's unscaled advantages."""
+    dynamic_sampling: bool = False
+    """DAPO: drop groups whose rewards are all equal and draw more prompts to refill the batch."""
+    max_sampling_rounds: int = Field(3, ge=1)
+    """With dynamic sampling, at most this many generate rounds per step."""
+
+
+class LearnerConfig(_Section):
+    world_size: int = Field(1, ge=1)
+    """Learner ranks (Ray actors ``learner-<rank>``) forming one FSDP2 group."""
+    cpus_per_rank: float = Field(1.0, gt=0)
+    """CPUs reserved per learner rank."""
+    gpus_per_rank: int = Field(0, ge=0, le=1)
+    """1 on GPU clusters (NCCL, bf16 possible), 0 on CPU (gloo)."""
+    resources: dict[str, float] = {}
+    """Extra custom Ray resources per learner rank (e.g. ``{learner: 1}``)."""
+    lr: float = Field(1e-4, gt=0.0, le=1.0)
+    """Peak AdamW learning rate."""
+    weight_decay: float = Field(0.0, ge=0.0)
+    """AdamW weight decay."""
+    betas: tuple[float, float] = (0.9, 0.999)
+    """AdamW betas."""
+    warmup_steps: int = Field(0, ge=0)
+    """Linear warm-up optimizer steps."""
+    lr_schedule: Literal["constant", "cosine", "linear"] = "constant"
+    """Decay after warm-up."""
+    min_lr_ratio: float = Field(0.0, ge=0.0, le=1.0)
+    """Final LR as a share of the peak for cosine/linear decay."""
+    grad_clip: float = Field(1.0, gt=0.0)
+    """Max global gradient norm."""
+    micro_batch_size: int = Field(64, ge=1)
+    """Sequences per forward/backward on one rank; gradients accumulate over micro-batches."""
+    activation_checkpointing: bool = False
+    """Recompute activations in backward to save memory."""
+    mixed_precision: Literal["no", "bf16"] = "no"
+    """FSDP2 mixed precision (bf16 compute, fp32 master weights); GPU only."""
+
+
+class ClusterConfig(_Section):
+    address: str | None = None
+    """Ray address to join (``auto``, ``ray://...``); None starts a local cluster unless RAY_ADDRESS is set."""
+    num_cpus: int | None = Field(None, ge=1)
+    """CPUs of a locally started cluster (None: all of this machine's, but at least what the run asks for)."""
+    dashboard_host: str = "127.0.0.1"
+    """Where a locally started dashboard listens; keep loopback unless token auth is on."""
+    dashboard_port: int = Field(8265, ge=1, le=65535)
+    """Port of a locally started dashboard."""
+    weight_sync: Literal["auto", "gloo", "nccl"] = "auto"
+    """Weight broadcast backend: ``auto`` picks nccl when learners have GPUs, else gloo."""
+
+
+class RunConfig(_Section):
+    name: str = Field("demo", pattern=r"^[A-Za-z0-9._-]+$")
+    """Run name; outputs go to ``<output_dir>/<name>/``."""
+    output_dir: str = "runs"
+    """Folder holding run directories (and the builtin model cache)."""
+    seed: int = 0
+    """Seed of data order, torch and the engines."""
+    eval_every: int = Field(0, ge=0)
+    """Evaluate every K steps (0: only before and after training)."""
+    checkpoint_every: int = Field(0, ge=0)
+    """Checkpoint every K steps (0: only at the end)."""
+    keep_checkpoints: int = Field(2, ge=1)
+    """Newest checkpoints kept on disk."""
+    model: ModelConfig = ModelConfig()
+    data: DataConfig = DataConfig()
+    rollout: RolloutConfig = RolloutConfig()
+    reward: RewardConfig = RewardConfig()
+    grpo: GRPOConfig = GRPOConfig()
+    learner: LearnerConfig = LearnerConfig()
+    cluster: ClusterConfig = ClusterConfig()
+
+    @model_validator(mode="after")
+    def _consistent_sizes(self) -> RunConfig:
+        batch = self.grpo.prompts_per_step * self.grpo.group_size
+        shards = self.grpo.mini_batches * self.learner.world_size
+        if batch % shards:
+            raise ValueError(
+                f"grpo.prompts_per_step * grpo.group_size ({batch}) must be divisible by "
+                f"grpo.mini_batches * learner.world_size ({shards})"
+            )
+        if self.learner.mixed_precision == "bf16" and self.learner.gpus_per_rank == 0:
+            raise ValueError("learner.mixed_precision 'bf16' needs learner.gpus_per_rank = 1")
+        if self.cluster.weight_sync == "nccl" and (
+            self.learner.gpus_per_rank == 0 or self.rollout.gpus_per_worker == 0
+        ):
+            raise ValueError("cluster.weight_sync 'nccl' needs GPUs on learners and rollout workers")
+        return self
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_dir) / self.name
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for key in keys[:-1]:
+        child = node.setdefault(key, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"config error: --set {dotted}: {key!r} is not a section")
+        node = child
+    node[keys[-1]] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``a.b=value`` -> ``("a.b", value)`` with the value read as YAML (numbers, lists, bools)."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"config error: --set {text!r}: expected dotted.key=value")
+    try:
+        return key.strip(), yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config error: --set {key}: value is not valid YAML ({err.problem})") from None
+
+
+def _format_validation_error(err: ValidationError) -> str:
+    first = err.errors()[0]
+    field = ".".join(str(p) for p in first["loc"])
+    msg = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        msg = "unknown key"
+    shown = f"{field}: {msg}" if field and not msg.startswith(field) else msg
+    extra = f" (and {len(err.errors()) - 1} more)" if len(err.errors()) > 1 else ""
+    if "input" in first and first["type"] not in ("extra_forbidden", "missing") and field:
+        shown += f" (got {first['input']!r})"
+    return f"config error: {shown}{extra}"
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """Read a YAML config (default: the embedded demo), apply ``dotted.key=value`` overrides, validate."""
+    path = Path(path) if path is not None else DEFAULT_CONFIG
+    if not path.is_file():
+        raise ConfigError(f"config error: file not found: {path}")
+    try:
+        tree = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config error: {path} is not valid YAML: {err}".replace("\n", " ")) from None
+    if not isinstance(tree, dict):
+        raise ConfigError(f"config error: {path} must hold a mapping of sections, not {type(tree).__name__}")
+    for text in overrides:
+        _set_dotted(tree, *parse_override(text))
+    try:
+        return RunConfig.model_validate(tree)
+    except ValidationError as err:
+        raise ConfigError(_format_validation_error(err)) from None
+
+
+def dump_config(cfg: RunConfig) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,140 @@
+"""The run's actors as one object: create them from the config, fan calls out, tear them down.
+
+The driver talks to ``Fleet`` only: ``generate`` splits prompts over the rollout workers,
+``score`` splits completions over the reward scorers, ``train`` and ``sync_weights`` call every
+learner rank (each takes its shard of one object-store batch; rank 0 broadcasts to the engines).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import ray
+
+from actors.learner import PolicyLearner
+from actors.rollout import RolloutWorker
+from actors.scorer import RewardScorer, Scores
+from cluster.config import RunConfig
+from cluster.payloads import Rollouts, SamplingSpec, TrainBatch
+from cluster.placement import SCORER_CPUS, Placement, create_placement
+
+
+@ray.remote(num_cpus=0)
+def _free_address() -> tuple[str, int]:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("", 0))
+        return ray.util.get_node_ip_address(), sock.getsockname()[1]
+
+
+def weight_sync_backend(cfg: RunConfig) -> str:
+    if cfg.cluster.weight_sync != "auto":
+        return cfg.cluster.weight_sync
+    return "nccl" if cfg.learner.gpus_per_rank and cfg.rollout.gpus_per_worker else "gloo"
+
+
+def _split(n: int, parts: int) -> list[slice]:
+    bounds = np.linspace(0, n, parts + 1).round().astype(int)
+    return [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:], strict=True) if b > a]
+
+
+class Fleet:
+    def __init__(self, cfg: RunConfig, model_path: str, total_steps: int) -> None:
+        self.cfg = cfg
+        self.placement: Placement = create_placement(cfg)
+        self.rollouts = [self._rollout(i, model_path) for i in range(cfg.rollout.num_workers)]
+        self.scorers = [
+            RewardScorer.options(name=f"reward-{i}", num_cpus=SCORER_CPUS).remote(
+                cfg.reward.weights, cfg.reward.timeout_s
+            )
+            for i in range(cfg.reward.num_scorers)
+        ]
+        self.learners = self._learners(model_path, total_steps)
+        ray.get([w.ready.remote() for w in self.rollouts])
+        self.sync_backend = weight_sync_backend(cfg)
+        addr, port = ray.get(_free_address.options(scheduling_strategy=self.placement.learner_slot(0)).remote())
+        tp = max(1, cfg.rollout.gpus_per_worker)
+        ray.get(
+            [
+                learner.init_weight_sync.remote(self.sync_backend, self.rollouts, addr, port, tp)
+                for learner in self.learners
+            ]
+        )
+
+    def _rollout(self, index: int, model_path: str):
+        cfg = self.cfg
+        return RolloutWorker.options(
+            name=f"rollout-{index}",
+            num_cpus=cfg.rollout.cpus_per_worker,
+            num_gpus=cfg.rollout.gpus_per_worker,
+            resources=cfg.rollout.resources or None,
+            scheduling_strategy=self.placement.rollout_slot(index),
+        ).remote(
+            model_path,
+            dtype=cfg.model.dtype,
+            max_model_len=cfg.model.max_prompt_len + cfg.model.max_response_len,
+            seed=cfg.rollout.seed + index,
+            gpu_memory_utilization=cfg.rollout.gpu_memory_utilization,
+            tensor_parallel_size=max(1, cfg.rollout.gpus_per_worker),
+            enforce_eager=cfg.rollout.enforce_eager,
+            weight_sync=weight_sync_backend(cfg),
+            trust_remote_code=cfg.model.trust_remote_code,
+        )
+
+    def _learners(self, model_path: str, total_steps: int) -> list:
+        cfg = self.cfg
+        # The process group's rendezvous lives on rank 0's node: ask that bundle for an address.
+        addr, port = ray.get(_free_address.options(scheduling_strategy=self.placement.learner_slot(0)).remote())
+        return [
+            PolicyLearner.options(
+                name=f"learner-{rank}",
+                num_cpus=cfg.learner.cpus_per_rank,
+                num_gpus=cfg.learner.gpus_per_rank,
+                resources=cfg.learner.resources or None,
+                scheduling_strategy=self.placement.learner_slot(rank),
+            ).remote(
+                rank,
+                cfg.learner.world_size,
+                model_path,
+                cfg.learner,
+                cfg.grpo,
+                master_addr=addr,
+                master_port=port,
+                temperature=cfg.rollout.temperature or 1.0,
+                max_response_len=cfg.model.max_response_len,
+                total_steps=total_steps,
+                seed=cfg.seed,
+            )
+            for rank in range(cfg.learner.world_size)
+        ]
+
+    # ------------------------------------------------------------------ calls
+    def generate(self, prompt_ids: list[np.ndarray], group_size: int, sampling: SamplingSpec) -> Rollouts:
+        parts = _split(len(prompt_ids), len(self.rollouts))
+        workers = self.rollouts[: len(parts)]
+        refs = [w.generate.remote(prompt_ids[s], group_size, sampling) for w, s in zip(workers, parts, strict=True)]
+        return Rollouts.concat(ray.get(refs))
+
+    def score(self, texts: list[str], answers: list[str]) -> Scores:
+        parts = _split(len(texts), len(self.scorers))
+        scorers = self.scorers[: len(parts)]
+        refs = [s.score.remote(texts[p], answers[p]) for s, p in zip(scorers, parts, strict=True)]
+        return Scores.concat(ray.get(refs))
+
+    def train(self, batch: TrainBatch) -> dict[str, float]:
+        ref = ray.put(batch)
+        return ray.get([learner.train_step.remote(ref) for learner in self.learners])[0]
+
+    def sync_weights(self, version: int) -> dict[str, float]:
+        return ray.get([learner.sync_weights.remote(version) for learner in self.learners])[0]
+
+    def save_checkpoint(self, path: str) -> None:
+        ray.get([learner.save_checkpoint.remote(path) for learner in self.learners])
+
+    def load_checkpoint(self, path: str) -> None:
+        ray.get([learner.load_checkpoint.remote(path) for learner in self.learners])
+
+    def shutdown(self) -> None:
+        for actor in [*self.rollouts, *self.scorers, *self.learners]:
+            ray.kill(actor)
+        self.placement.remove()

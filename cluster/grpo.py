@@ -1,0 +1,189 @@
+"""GRPO advantage and loss math as pure tensor functions.
+
+Formulas follow DeepSeekMath (GRPO: group-normalised advantages, clipped surrogate, k3 KL to a reference
+policy), DAPO (asymmetric "clip-higher", token-level loss, dynamic sampling) and Dr. GRPO (no std
+scaling, constant length normaliser). Nothing here knows about Ray or models, so the learner calls
+these and `tests/unit/test_grpo.py` checks them on CPU against loop implementations of the papers.
+"""
+
+import torch
+from torch import Tensor
+
+LOSS_AGGS = ("seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm")
+
+
+def _grouped(rewards: Tensor, group_size: int) -> Tensor:
+    """Reshape flat per-sample rewards into `(num_prompts, group_size)` after checking they fit."""
+    if rewards.ndim != 1:
+        raise ValueError(f"rewards must be 1-D (num_prompts * group_size,), got shape {tuple(rewards.shape)}")
+    if group_size < 2:
+        raise ValueError(f"group_size must be >= 2 to compare samples within a group, got {group_size}")
+    if rewards.numel() == 0 or rewards.numel() % group_size != 0:
+        raise ValueError(f"len(rewards)={rewards.numel()} is not a positive multiple of group_size={group_size}")
+    return rewards.reshape(-1, group_size)
+
+
+def group_advantages(rewards: Tensor, group_size: int, scale: bool = True, eps: float = 1e-6) -> Tensor:
+    """Per-sample advantage `(r - mean_g) / (std_g + eps)`, or `r - mean_g` when `scale=False` (Dr. GRPO).
+
+    `rewards` holds consecutive groups of `group_size` samples of the same prompt. The std is the
+    unbiased one (correction=1). A group whose rewards are all equal gets advantage 0.
+    """
+    groups = _grouped(rewards, group_size).to(torch.float32)
+    centered = groups - groups.mean(dim=1, keepdim=True)
+    if scale:
+        centered = centered / (groups.std(dim=1, correction=1, keepdim=True) + eps)
+    return centered.reshape(-1)
+
+
+def dynamic_sampling_mask(rewards: Tensor, group_size: int) -> Tensor:
+    """Bool per group, True where rewards differ: DAPO keeps only those, the rest carry no gradient."""
+    groups = _grouped(rewards, group_size)
+    return (groups != groups[:, :1]).any(dim=1)
+
+
+def masked_mean(x: Tensor, mask: Tensor, dim: int | None = None) -> Tensor:
+    """Mean of `x` over positions where `mask` is true; 0 (not NaN) where nothing is selected."""
+    mask = mask.bool()
+    total = torch.where(mask, x, torch.zeros_like(x))
+    if dim is None:
+        return total.sum() / mask.sum().clamp(min=1)
+    return total.sum(dim=dim) / mask.sum(dim=dim).clamp(min=1)
+
+
+def token_logprobs(logits: Tensor, tokens: Tensor, temperature: float = 1.0) -> Tensor:
+    """Float32 log-prob of each of `tokens` (B, T) under `softmax(logits / temperature)` (logits B, T, V).
+
+    The sampler scores tokens at `temperature`, so the learner must divide by the same value for the
+    importance ratio to compare like with like.
+    """
+    if logits.ndim != 3 or tokens.shape != logits.shape[:2]:
+        raise ValueError(
+            f"expected logits (B, T, V) and tokens (B, T), got {tuple(logits.shape)} and {tuple(tokens.shape)}"
+        )
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    rows = []
+    # One sequence at a time bounds the float32 copy of a bf16 vocab-sized tensor to (T, V), not (B, T, V).
+    for row_logits, row_tokens in zip(logits, tokens, strict=True):
+        scaled = row_logits.float() / temperature
+        picked = scaled.gather(-1, row_tokens.long().unsqueeze(-1)).squeeze(-1)
+        rows.append(picked - torch.logsumexp(scaled, dim=-1))
+    return torch.stack(rows)
+
+
+def entropy_from_logits(logits: Tensor) -> Tensor:
+    """Float32 entropy of `softmax(logits)` over the last dim, one value per token."""
+    logits = logits.float()
+    probs = torch.softmax(logits, dim=-1)
+    return torch.logsumexp(logits, dim=-1) - (probs * logits).sum(dim=-1)
+
+
+def _check_loss_inputs(
+    logprobs: Tensor,
+    old_logprobs: Tensor,
+    ref_logprobs: Tensor | None,
+    advantages: Tensor,
+    mask: Tensor,
+    clip_low: float,
+    clip_high: float,
+    kl_coef: float,
+    loss_agg: str,
+    max_tokens: int | None,
+) -> None:
+    if loss_agg not in LOSS_AGGS:
+        raise ValueError(f"unknown loss_agg {loss_agg!r}; valid: {', '.join(LOSS_AGGS)}")
+    if loss_agg == "seq-mean-token-sum-norm" and (max_tokens is None or max_tokens <= 0):
+        raise ValueError(f"loss_agg 'seq-mean-token-sum-norm' needs max_tokens > 0, got {max_tokens}")
+    if logprobs.ndim != 2:
+        raise ValueError(f"logprobs must be (B, T), got shape {tuple(logprobs.shape)}")
+    others = {"old_logprobs": old_logprobs, "mask": mask}
+    if ref_logprobs is not None:
+        others["ref_logprobs"] = ref_logprobs
+    for name, tensor in others.items():
+        if tensor.shape != logprobs.shape:
+            raise ValueError(f"{name} shape {tuple(tensor.shape)} != logprobs shape {tuple(logprobs.shape)}")
+    if advantages.shape != logprobs.shape[:1]:
+        raise ValueError(f"advantages must be (B,)={tuple(logprobs.shape[:1])}, got {tuple(advantages.shape)}")
+    if not 0 <= clip_low < 1 or clip_high < 0:
+        raise ValueError(f"need 0 <= clip_low < 1 and clip_high >= 0, got {clip_low} and {clip_high}")
+    if kl_coef < 0:
+        raise ValueError(f"kl_coef must be >= 0, got {kl_coef}")
+    if kl_coef > 0 and ref_logprobs is None:
+        raise ValueError("ref_logprobs is required when kl_coef > 0")
+
+
+def _aggregate(per_token: Tensor, mask: Tensor, loss_agg: str, max_tokens: int | None) -> Tensor:
+    if loss_agg == "token-mean":
+        return masked_mean(per_token, mask)
+    token_sums = (per_token * mask).sum(dim=-1)
+    if loss_agg == "seq-mean-token-sum-norm":
+        # Dr. GRPO: a constant normaliser, so long and short answers are not weighted by 1/length.
+        return token_sums.sum() / (max_tokens * per_token.shape[0])
+    lengths = mask.sum(dim=-1)
+    # Empty sequences (e.g. truncated to nothing) are left out rather than dividing 0 by 0.
+    has_tokens = lengths > 0
+    return masked_mean(token_sums / lengths.clamp(min=1), has_tokens)
+
+
+def _as_float(x: Tensor) -> Tensor:
+    """Upcast bf16/fp16 so that exp(lp - old) is not dominated by rounding; keep float32/64 as is."""
+    return x if x.dtype in (torch.float32, torch.float64) else x.float()
+
+
+def policy_loss(
+    logprobs: Tensor,
+    old_logprobs: Tensor,
+    ref_logprobs: Tensor | None,
+    advantages: Tensor,
+    mask: Tensor,
+    clip_low: float = 0.2,
+    clip_high: float = 0.2,
+    kl_coef: float = 0.04,
+    loss_agg: str = "seq-mean-token-mean",
+    max_tokens: int | None = None,
+) -> tuple[Tensor, dict[str, float]]:
+    """Clipped GRPO surrogate plus `kl_coef` times the k3 KL to the reference policy.
+
+    Per token: `ratio = exp(lp - old)`, `pg = -min(ratio * A, clip(ratio, 1 - clip_low, 1 + clip_high) * A)`,
+    `kl = exp(ref - lp) - (ref - lp) - 1`. `loss_agg` picks how tokens become one scalar (see LOSS_AGGS):
+    per-sequence token mean then sequence mean (GRPO), mean over all tokens (DAPO), or per-sequence token
+    sum over `max_tokens` then sequence mean (Dr. GRPO). Gradients flow only into `logprobs`.
+
+    Metrics: `loss` and `pg_loss` use `loss_agg`; `kl`, `clip_frac`, `ratio_mean` and `ratio_max` are
+    over masked tokens (0 when there are none).
+    """
+    _check_loss_inputs(
+        logprobs, old_logprobs, ref_logprobs, advantages, mask, clip_low, clip_high, kl_coef, loss_agg, max_tokens
+    )
+    bool_mask = mask.bool()
+    float_mask = bool_mask.to(_as_float(logprobs).dtype)
+    # Padding may hold -inf or garbage; zeroing it first keeps NaN out of both the values and where()'s backward.
+    lp = torch.where(bool_mask, _as_float(logprobs), 0.0)
+    # Old, reference and advantages are fixed targets of this step: no gradient may reach them.
+    old = torch.where(bool_mask, _as_float(old_logprobs.detach()), 0.0)
+    adv = _as_float(advantages.detach()).unsqueeze(-1)
+
+    ratio = torch.exp(lp - old)
+    unclipped = ratio * adv
+    clipped = torch.clamp(ratio, 1 - clip_low, 1 + clip_high) * adv
+    pg = -torch.minimum(unclipped, clipped)
+    if ref_logprobs is None:
+        kl = torch.zeros_like(lp)
+    else:
+        ref = torch.where(bool_mask, _as_float(ref_logprobs.detach()), 0.0)
+        log_ratio_ref = ref - lp
+        kl = torch.exp(log_ratio_ref) - log_ratio_ref - 1
+    loss = _aggregate(pg + kl_coef * kl, float_mask, loss_agg, max_tokens)
+
+    with torch.no_grad():
+        any_tokens = bool(bool_mask.any())
+        metrics = {
+            "loss": loss.item(),
+            "pg_loss": _aggregate(pg, float_mask, loss_agg, max_tokens).item(),
+            "kl": masked_mean(kl, bool_mask).item(),
+            "clip_frac": masked_mean((clipped < unclipped).float(), bool_mask).item(),
+            "ratio_mean": masked_mean(ratio, bool_mask).item(),
+            "ratio_max": ratio[bool_mask].max().item() if any_tokens else 0.0,
+        }
+    return loss, metrics

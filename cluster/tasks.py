@@ -1,0 +1,110 @@
+"""Built-in tasks and dataset loading.
+
+The built-in ``addition`` task is the embedded default: ``347+285=`` answered as
+``<think>7+5+0=12;4+8+1=13;3+2+1=06</think><answer>632</answer>``, column by column with the carry,
+so a small model has a chain of thought to get right. Held-out problems never appear in training.
+Real datasets are local JSONL / JSON / Parquet files read with Hugging Face ``datasets``.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+BUILTIN_TASKS = ("builtin:addition",)
+
+
+@dataclass(frozen=True)
+class Example:
+    prompt: str
+    answer: str
+    solution: str = ""
+    """A worked ``<think>...</think><answer>...</answer>`` completion, for pre-training (builtin tasks)."""
+
+
+def addition_example(a: int, b: int, digits: int) -> Example:
+    steps, carry = [], 0
+    xs, ys = str(a).zfill(digits)[::-1], str(b).zfill(digits)[::-1]
+    for x, y in zip(xs, ys, strict=True):
+        total = int(x) + int(y) + carry
+        steps.append(f"{x}+{y}+{carry}={total:02d}")
+        carry = total // 10
+    answer = str(a + b)
+    return Example(f"{a}+{b}=", answer, f"<think>{';'.join(steps)}</think><answer>{answer}</answer>")
+
+
+class AdditionTask:
+    """Random ``digits``-digit additions; the eval set is fixed by the seed and excluded from training."""
+
+    def __init__(self, digits: int = 3, seed: int = 0, eval_size: int = 200) -> None:
+        self.digits = digits
+        self.low, self.high = 10 ** (digits - 1), 10**digits - 1
+        rng = random.Random(f"eval-{seed}")
+        pairs: set[tuple[int, int]] = set()
+        while len(pairs) < eval_size:
+            pairs.add((rng.randint(self.low, self.high), rng.randint(self.low, self.high)))
+        self.eval_pairs = sorted(pairs)
+        self._held_out = pairs
+
+    def eval_examples(self) -> list[Example]:
+        return [addition_example(a, b, self.digits) for a, b in self.eval_pairs]
+
+    def sample(self, rng: random.Random) -> Example:
+        while True:
+            pair = (rng.randint(self.low, self.high), rng.randint(self.low, self.high))
+            if pair not in self._held_out:
+                return addition_example(*pair, self.digits)
+
+
+class PromptStream:
+    """Endless, reproducible stream of training examples; its position is part of a checkpoint."""
+
+    def __init__(self, examples: list[Example] | None, task: AdditionTask | None, seed: int) -> None:
+        if not examples and task is None:
+            raise ValueError("the training dataset is empty")
+        self.examples, self.task, self.seed = examples, task, seed
+        self.position = 0
+
+    def _example(self, index: int) -> Example:
+        if self.task is not None:
+            return self.task.sample(random.Random(f"{self.seed}-{index}"))
+        epoch, offset = divmod(index, len(self.examples))
+        order = list(range(len(self.examples)))
+        random.Random(f"{self.seed}-epoch-{epoch}").shuffle(order)
+        return self.examples[order[offset]]
+
+    def take(self, n: int) -> list[Example]:
+        batch = [self._example(self.position + i) for i in range(n)]
+        self.position += n
+        return batch
+
+    def __iter__(self) -> Iterator[Example]:
+        while True:
+            yield from self.take(1)
+
+
+def load_examples(path: str, prompt_key: str, answer_key: str) -> list[Example]:
+    """Rows of a local JSONL/JSON/Parquet file; a row without the mapped columns is a clear error."""
+    file = Path(path)
+    if not file.is_file():
+        raise ValueError(f"data file not found: {path}")
+    kind = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}.get(file.suffix)
+    if kind is None:
+        raise ValueError(f"data file {path}: unsupported extension {file.suffix!r} (use .jsonl, .json or .parquet)")
+    from datasets import load_dataset
+
+    rows = load_dataset(kind, data_files=str(file), split="train")
+    missing = [k for k in (prompt_key, answer_key) if k not in rows.column_names]
+    if missing:
+        raise ValueError(f"data file {path}: missing column(s) {missing}; columns are {rows.column_names}")
+    examples = []
+    for i, row in enumerate(rows):
+        prompt, answer = row[prompt_key], row[answer_key]
+        if not isinstance(prompt, str) or not prompt.strip() or answer is None:
+            raise ValueError(f"data file {path}, row {i}: empty or non-text {prompt_key!r} or missing {answer_key!r}")
+        examples.append(Example(prompt, str(answer)))
+    if not examples:
+        raise ValueError(f"data file {path} has no rows")
+    return examples

@@ -1,0 +1,237 @@
+"""Weight broadcast from learner rank 0 to every rollout engine, through vLLM's weight-transfer API.
+
+vLLM drives a transfer with ``init_weight_transfer_engine`` once, then ``start_weight_update`` /
+``update_weights`` / ``finish_weight_update`` each step, inside its worker processes. GPUs use
+vLLM's own ``nccl`` engine; on CPU r1ray registers a ``gloo`` engine of its own (the worker and
+trainer halves below). Registration has to happen inside every vLLM process (main, EngineCore,
+workers), which is what the ``vllm.general_plugins`` entry point in pyproject.toml does.
+
+The trainer side streams one parameter at a time: ``DTensor.full_tensor()`` on every learner
+rank (a collective), then one broadcast from rank 0, so memory stays bounded by the largest
+tensor rather than the model.
+"""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from typing import Any, ClassVar, Self
+
+import torch
+from vllm.distributed.utils import stateless_init_torch_distributed_process_group
+from vllm.distributed.weight_transfer.base import (
+    TrainerInitInfo,
+    TrainerWeightTransferEngine,
+    VLLMWeightSyncClient,
+    WeightSource,
+    WeightTransferEngine,
+    WeightTransferInitInfo,
+    WeightTransferUpdateInfo,
+)
+from vllm.distributed.weight_transfer.factory import WeightTransferEngineFactory, WeightTransferTrainerFactory
+
+logger = logging.getLogger(__name__)
+
+GLOO = "gloo"
+
+
+@dataclass
+class GlooInitInfo(WeightTransferInitInfo):
+    """Worker side: where the trainer's store listens and which group ranks this engine takes."""
+
+    master_address: str
+    master_port: int
+    rank_offset: int
+    world_size: int
+
+
+@dataclass
+class GlooUpdateInfo(WeightTransferUpdateInfo):
+    """One round: the parameters that follow on the wire, in order. Dtypes travel as strings."""
+
+    names: list[str]
+    dtype_names: list[str]
+    shapes: list[list[int]]
+
+    def __post_init__(self) -> None:
+        if not len(self.names) == len(self.dtype_names) == len(self.shapes):
+            raise ValueError(
+                f"names, dtype_names and shapes differ in length: "
+                f"{len(self.names)}, {len(self.dtype_names)}, {len(self.shapes)}"
+            )
+
+
+def _open_group(address: str, port: int, rank: int, world_size: int):
+    return stateless_init_torch_distributed_process_group(address, port, rank, world_size, backend="gloo")
+
+
+class GlooWeightTransferEngine(WeightTransferEngine[GlooInitInfo, GlooUpdateInfo]):
+    """Receives parameters over a gloo broadcast and loads them with vLLM's layerwise reload."""
+
+    init_info_cls = GlooInitInfo
+    update_info_cls = GlooUpdateInfo
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.group = None
+
+    def init_transfer_engine(self, init_info: GlooInitInfo) -> None:
+        rank = init_info.rank_offset + self.parallel_config.rank
+        self.group = _open_group(init_info.master_address, init_info.master_port, rank, init_info.world_size)
+
+    def start_weight_update(self) -> None:
+        # vLLM-CPU pre-packs linear weights after loading; layerwise reload restores the
+        # checkpoint layout, takes the new values and re-packs.
+        from vllm.model_executor.model_loader.reload import initialize_layerwise_reload
+
+        initialize_layerwise_reload(self.model)
+
+    def update_weights(self, update_info: dict[str, Any]) -> None:
+        # The base class ends with torch.accelerator.synchronize(), which raises on CPU torch.
+        self.receive_weights(self.parse_update_info(update_info))
+
+    def receive_weights(self, update_info: GlooUpdateInfo) -> None:
+        if self.group is None:
+            raise RuntimeError("gloo weight transfer used before init_weight_transfer_engine")
+        for name, dtype_name, shape in zip(update_info.names, update_info.dtype_names, update_info.shapes, strict=True):
+            # A fresh buffer per tensor: the loader may keep a reference to what it is given.
+            buffer = torch.empty(shape, dtype=getattr(torch, dtype_name), device=self.device)
+            self.group.broadcast(buffer, 0).wait()
+            self.model.load_weights([(name, buffer)])
+
+    def finish_weight_update(self) -> None:
+        from vllm.model_executor.layers.vocab_parallel_embedding import VocabParallelEmbedding
+        from vllm.model_executor.model_loader.reload import finalize_layerwise_reload
+
+        finalize_layerwise_reload(self.model, self.model_config)
+        # vLLM-CPU: with tied embeddings the output head keeps its old packed weights after a
+        # reload ("ParallelLMHead: Failed to load weights"); re-packing the embeddings fixes it.
+        for module in self.model.modules():
+            if isinstance(module, VocabParallelEmbedding) and hasattr(module, "quant_method"):
+                module.quant_method.process_weights_after_loading(module)
+
+    def shutdown(self) -> None:
+        self.group = None
+
+
+@dataclass
+class GlooTrainerInitInfo(TrainerInitInfo):
+    """Trainer side: rank 0 of the transfer group hosts the rendezvous store."""
+
+    backend: ClassVar[str] = GLOO
+
+    master_address: str
+    master_port: int
+    world_size: int
+
+
+class GlooTrainerWeightTransferEngine(TrainerWeightTransferEngine[GlooTrainerInitInfo]):
+    """Learner side of the gloo transfer: every rank gathers, rank 0 broadcasts."""
+
+    init_info_cls = GlooTrainerInitInfo
+
+    def __init__(self, *, client: VLLMWeightSyncClient, source: WeightSource, is_sender: bool) -> None:
+        super().__init__(client=client, source=source, is_sender=is_sender)
+        self.group = None
+
+    @classmethod
+    def trainer_init(
+        cls, init_info: GlooTrainerInitInfo, *, client: VLLMWeightSyncClient, source: WeightSource | None = None
+    ) -> Self:
+        if source is None:
+            raise ValueError("the gloo trainer engine needs a WeightSource")
+        engine = cls(client=client, source=source, is_sender=init_info.is_sender)
+        if not engine.is_sender:
+            return engine
+        worker_info = GlooInitInfo(init_info.master_address, init_info.master_port, 1, init_info.world_size)
+        # Engines block in init until every rank of the group has joined, so run them beside us.
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            pending = pool.submit(client.init_weight_transfer_engine, asdict(worker_info))
+            engine.group = _open_group(init_info.master_address, init_info.master_port, 0, init_info.world_size)
+            pending.result()
+        return engine
+
+    def send_weights(self) -> None:
+        meta = self.source.metadata()
+        if not self.is_sender:
+            for _ in self.source:  # join the full_tensor() gathers, in the sender's order
+                pass
+            return
+        info = GlooUpdateInfo(
+            names=[m.name for m in meta],
+            dtype_names=[str(m.dtype).removeprefix("torch.") for m in meta],
+            shapes=[list(m.shape) for m in meta],
+        )
+        self.client.start_weight_update()
+        pool = ThreadPoolExecutor(max_workers=1)
+        try:
+            receiving = pool.submit(self.client.update_weights, asdict(info))
+            for (name, tensor), expected in zip(self.source, meta, strict=True):
+                if name != expected.name:
+                    raise RuntimeError(f"weight source yielded {name!r}, metadata announced {expected.name!r}")
+                self.group.broadcast(tensor.detach().contiguous(), 0).wait()
+            receiving.result()
+        finally:
+            # Never join a receiver stuck in a broadcast that will not complete: raise instead.
+            pool.shutdown(wait=False)
+        self.client.finish_weight_update()
+
+    def shutdown(self) -> None:
+        self.group = None
+
+
+def register_vllm_plugin() -> None:
+    """Entry point of the ``vllm.general_plugins`` group: make ``gloo`` a known backend in this process."""
+    if GLOO not in WeightTransferEngineFactory._registry:
+        WeightTransferEngineFactory.register_engine(GLOO, GlooWeightTransferEngine)
+    if GLOO not in WeightTransferTrainerFactory._registry:
+        WeightTransferTrainerFactory.register_engine(GLOO, GlooTrainerWeightTransferEngine)
+
+
+class RolloutFanoutClient:
+    """vLLM's ``VLLMWeightSyncClient`` over several rollout actors: each call reaches all of them at once.
+
+    Each engine takes its own slice of the transfer group's ranks (``ranks_per_engine`` = its
+    tensor-parallel size), after rank 0, the learner.
+    """
+
+    def __init__(self, workers: list, ranks_per_engine: int = 1) -> None:
+        self.workers = workers
+        self.ranks_per_engine = ranks_per_engine
+        self.next_version = 1
+        self.last_receive_s = 0.0
+
+    def _all(self, method: str, *args: Any) -> list:
+        import ray
+
+        return ray.get([getattr(w, method).remote(*args) for w in self.workers])
+
+    def init_weight_transfer_engine(self, init_info: dict[str, Any]) -> None:
+        import ray
+
+        calls = []
+        for i, worker in enumerate(self.workers):
+            info = dict(init_info, rank_offset=1 + i * self.ranks_per_engine)
+            calls.append(worker.init_weight_transfer_engine.remote(info))
+        ray.get(calls)
+
+    def start_weight_update(self) -> None:
+        self._all("start_weight_update")
+
+    def update_weights(self, update_info: dict[str, Any] | list[dict[str, Any]]) -> None:
+        self.last_receive_s = max(self._all("update_weights", update_info))
+
+    def finish_weight_update(self, weight_version: str | None = None) -> None:
+        self._all("finish_weight_update", weight_version or str(self.next_version))
+
+
+def trainer_init_info(kind: str, master_address: str, master_port: int, world_size: int, rank: int) -> TrainerInitInfo:
+    """The trainer-side init info of a backend: ``gloo`` (r1ray's, CPU) or ``nccl`` (vLLM's, GPU)."""
+    if kind == GLOO:
+        return GlooTrainerInitInfo(master_address, master_port, world_size, rank=rank)
+    if kind == "nccl":
+        from vllm.distributed.weight_transfer.nccl_engine import NCCLTrainerInitInfo
+
+        return NCCLTrainerInitInfo(master_address, master_port, world_size, rank=rank)
+    raise ValueError(f"unknown weight sync backend {kind!r}: expected 'gloo' or 'nccl'")
