@@ -52,6 +52,7 @@ class LearnerRank:
         max_response_len: int = 48,
         total_steps: int = 1,
         seed: int = 0,
+        ref_model_path: str | None = None,
     ) -> None:
         self.rank, self.world_size = rank, world_size
         self.cfg, self.grpo = learner, grpo_cfg
@@ -63,9 +64,11 @@ class LearnerRank:
                 backend, init_method=f"tcp://{master_addr}:{master_port}", rank=rank, world_size=world_size
             )
         torch.manual_seed(seed + rank)
+        # Ray pins OMP_NUM_THREADS to 1 in actors; use the CPUs this rank reserved.
+        torch.set_num_threads(max(1, int(learner.cpus_per_rank)))
         self.model_path = model_path
         self.model = self._load_sharded(model_path, trainable=True)
-        self.ref = self._load_sharded(model_path, trainable=False) if grpo_cfg.kl_coef > 0 else None
+        self.ref = self._load_sharded(ref_model_path or model_path, trainable=False) if grpo_cfg.kl_coef > 0 else None
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(), lr=learner.lr, betas=learner.betas, weight_decay=learner.weight_decay
         )
@@ -129,17 +132,23 @@ class LearnerRank:
         return [batch.select(slice(i, i + step)) for i in range(0, len(batch), step)]
 
     def _shard(self, batch: TrainBatch) -> TrainBatch:
-        size = len(batch) // self.world_size
-        return batch.select(slice(self.rank * size, (self.rank + 1) * size))
+        """This rank's rows: its slice of every global mini-batch, so mini-batches do not depend on W."""
+        mini = len(batch) // self.grpo.mini_batches
+        part = mini // self.world_size
+        starts = [k * mini + self.rank * part for k in range(self.grpo.mini_batches)]
+        return batch.select(np.concatenate([np.arange(a, a + part) for a in starts]))
 
     # ------------------------------------------------------------------ training
     def train_step(self, batch: TrainBatch) -> dict[str, float]:
         """mu passes of clipped GRPO updates over this rank's shard; returns averaged metrics."""
         start = time.perf_counter()
         shard = self._shard(batch)
-        old = torch.as_tensor(self.compute_logprobs(shard))
+        # One on-policy pass: the training forward itself gives the old logprobs (ratio = 1), so
+        # the separate no-grad forward is skipped.
+        on_policy = self.grpo.epochs == 1 and self.grpo.mini_batches == 1
+        old = None if on_policy else torch.as_tensor(self.compute_logprobs(shard))
         ref = torch.as_tensor(self.compute_logprobs(shard, reference=True)) if self.ref else None
-        metrics = self._sync_check(shard, old)
+        self._pre_update_logprobs: list[torch.Tensor] = []
         totals: dict[str, float] = {}
         mini_size = len(shard) // self.grpo.mini_batches
         for _ in range(self.grpo.epochs):
@@ -148,6 +157,9 @@ class LearnerRank:
                 step_metrics = self._optimizer_step(shard, rows, old, ref)
                 for key, value in step_metrics.items():
                     totals[key] = totals.get(key, 0.0) + value
+        if old is None:
+            old = torch.cat([_pad_to(lp, shard.max_response_len) for lp in self._pre_update_logprobs])
+        metrics = self._sync_check(shard, old)
         updates = self.grpo.epochs * self.grpo.mini_batches
         metrics.update({key: value / updates for key, value in totals.items()})
         tokens = float(shard.response_lens.sum()) * self.grpo.epochs
@@ -156,10 +168,10 @@ class LearnerRank:
         return metrics
 
     def _optimizer_step(
-        self, shard: TrainBatch, rows: slice, old: torch.Tensor, ref: torch.Tensor | None
+        self, shard: TrainBatch, rows: slice, old: torch.Tensor | None, ref: torch.Tensor | None
     ) -> dict[str, float]:
         mini = shard.select(rows)
-        old_mini, ref_mini = old[rows], None if ref is None else ref[rows]
+        ref_mini = None if ref is None else ref[rows]
         token_total = torch.tensor(float(mini.response_lens.sum()))
         dist.all_reduce(token_total)
         sums: dict[str, float] = {}
@@ -169,9 +181,11 @@ class LearnerRank:
             logits, tokens, mask = self._response_logits(self.model, micro)
             lp = grpo.token_logprobs(logits, tokens, self.temperature)
             width = lp.shape[1]
+            if old is None:
+                self._pre_update_logprobs.append((lp * mask).detach().cpu())
             loss, m = grpo.policy_loss(
                 lp,
-                old_mini[i : i + step, :width].to(self.device),
+                lp.detach() if old is None else old[rows][i : i + step, :width].to(self.device),
                 None if ref_mini is None else ref_mini[i : i + step, :width].to(self.device),
                 torch.as_tensor(micro.advantages, device=self.device),
                 mask,
@@ -208,7 +222,7 @@ class LearnerRank:
             return {}
         width = shard.max_response_len
         learner_lp = old[:, :width]
-        engine_lp = torch.as_tensor(shard.rollout_logprobs[:, :width])
+        engine_lp = torch.tensor(shard.rollout_logprobs[:, :width])
         mask = torch.arange(width)[None] < torch.as_tensor(shard.response_lens)[:, None]
         diff = (learner_lp - engine_lp).abs()[mask]
         stats = torch.tensor([diff.max().item() if diff.numel() else 0.0, diff.sum().item(), float(diff.numel())])

@@ -58,6 +58,8 @@ class Scorer:
         self.reward = WeightedReward(weights)
         self.timeout_s = timeout_s
         self.executor = DeadlineExecutor(max_workers=workers)
+        # A cold spawn inside a Ray actor takes seconds; start the worker before the first deadline.
+        self.executor.warm_up(workers)
 
     def score(self, completions: list[str], answers: list[str]) -> Scores:
         if len(completions) != len(answers):

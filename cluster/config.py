@@ -46,6 +46,10 @@ class ModelConfig(_Section):
     """Most tokens generated per completion (the one owner of the response length)."""
     trust_remote_code: bool = False
     """Let transformers and vLLM run code shipped with the model."""
+    builtin_pretrain_steps: int = Field(400, ge=0)
+    """Most pre-training steps of the builtin model (it stops at the first probe reaching the target)."""
+    builtin_target_accuracy: float = Field(0.15, ge=0.0, le=1.0)
+    """Sampled held-out accuracy at which the builtin model's pre-training stops."""
 
 
 class DataConfig(_Section):

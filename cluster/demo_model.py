@@ -142,10 +142,11 @@ def build_base_model(
     """Path of the pre-trained builtin model, building it on first use."""
     from transformers import Qwen2ForCausalLM
 
-    key = f"tiny-adder-d{digits}-s{seed}-acc{target_accuracy}"
+    key = f"tiny-adder-d{digits}-s{seed}-n{steps}-acc{target_accuracy}"
     path = Path(output_dir) / "_builtin" / key
     if (path / "r1ray_base.json").is_file():
         return path
+    print(f"pre-training the builtin base model into {path} (once; about 2 minutes)...", flush=True)
     start = time.perf_counter()
     torch.manual_seed(seed)
     tok = build_tokenizer()
@@ -160,6 +161,7 @@ def build_base_model(
     tok.save_pretrained(tmp)
     info = {"steps": step, "sampled_accuracy": accuracy, "seconds": time.perf_counter() - start}
     (tmp / "r1ray_base.json").write_text(json.dumps(info))
+    print(f"base model ready: {step} steps, sampled accuracy {accuracy:.2f}, {info['seconds']:.0f} s", flush=True)
     shutil.rmtree(path, ignore_errors=True)
     tmp.rename(path)
     return path

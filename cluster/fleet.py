@@ -39,7 +39,7 @@ def _split(n: int, parts: int) -> list[slice]:
 
 
 class Fleet:
-    def __init__(self, cfg: RunConfig, model_path: str, total_steps: int) -> None:
+    def __init__(self, cfg: RunConfig, model_path: str, ref_model_path: str, total_steps: int) -> None:
         self.cfg = cfg
         self.placement: Placement = create_placement(cfg)
         self.rollouts = [self._rollout(i, model_path) for i in range(cfg.rollout.num_workers)]
@@ -49,7 +49,7 @@ class Fleet:
             )
             for i in range(cfg.reward.num_scorers)
         ]
-        self.learners = self._learners(model_path, total_steps)
+        self.learners = self._learners(model_path, ref_model_path, total_steps)
         ray.get([w.ready.remote() for w in self.rollouts])
         self.sync_backend = weight_sync_backend(cfg)
         addr, port = ray.get(_free_address.options(scheduling_strategy=self.placement.learner_slot(0)).remote())
@@ -81,7 +81,7 @@ class Fleet:
             trust_remote_code=cfg.model.trust_remote_code,
         )
 
-    def _learners(self, model_path: str, total_steps: int) -> list:
+    def _learners(self, model_path: str, ref_model_path: str, total_steps: int) -> list:
         cfg = self.cfg
         # The process group's rendezvous lives on rank 0's node: ask that bundle for an address.
         addr, port = ray.get(_free_address.options(scheduling_strategy=self.placement.learner_slot(0)).remote())
@@ -104,6 +104,7 @@ class Fleet:
                 max_response_len=cfg.model.max_response_len,
                 total_steps=total_steps,
                 seed=cfg.seed,
+                ref_model_path=ref_model_path,
             )
             for rank in range(cfg.learner.world_size)
         ]

