@@ -69,8 +69,14 @@ def main(argv: list[str] | None = None) -> int:
         from cluster.submit import submit
 
         return submit(args.address, args.config, args.overrides, args.working_dir, wait=not args.no_wait)
+    import signal
+
     from cluster.driver import train
 
+    def stop(signum, frame):  # `ray job stop` sends SIGTERM: unwind so the actors are shut down
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)
     try:
         summary = train(cfg, resume=bool(args.resume))
     except ValueError as err:  # bad data rows, unknown builtin names: a message, not a traceback

@@ -32,12 +32,14 @@ def _config(world_size: int, workers: int) -> RunConfig:
 
 def _engine_logprobs(fleet: Fleet, batch: TrainBatch) -> list[np.ndarray]:
     """Each engine's logprobs of the batch's response tokens, as (B, R) arrays."""
-    sequences = [row[: p + r] for row, p, r in zip(batch.input_ids, batch.prompt_lens, batch.response_lens)]
+    sequences = [
+        row[: p + r] for row, p, r in zip(batch.input_ids, batch.prompt_lens, batch.response_lens, strict=True)
+    ]
     per_engine = ray.get([w.prompt_logprobs.remote(sequences) for w in fleet.rollouts])
     out = []
     for seqs in per_engine:
         table = np.zeros((len(batch), batch.max_response_len), dtype=np.float32)
-        for i, (lp, p, r) in enumerate(zip(seqs, batch.prompt_lens, batch.response_lens)):
+        for i, (lp, p, r) in enumerate(zip(seqs, batch.prompt_lens, batch.response_lens, strict=True)):
             table[i, :r] = lp[p : p + r]
         out.append(table)
     return out

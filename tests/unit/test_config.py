@@ -91,15 +91,22 @@ def test_cli_config_error_is_one_line_exit_2(args):
 
 def test_cli_validate_prints_resolved_config():
     proc = subprocess.run(
-        [sys.executable, "-m", "cluster", "validate", "--set", "grpo.steps=3"], capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "cluster", "validate", "--set", "grpo.steps=3"],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert proc.returncode == 0
     assert "steps: 3" in proc.stdout
 
 
 def test_help_does_not_import_heavy_modules():
-    code = "import sys; from cluster.cli import main; import contextlib, io\n" \
-        "with contextlib.suppress(SystemExit), contextlib.redirect_stdout(io.StringIO()): main(['--help'])\n" \
+    code = (
+        "import sys; from cluster.cli import main; import contextlib, io\n"
+        "with contextlib.suppress(SystemExit), contextlib.redirect_stdout(io.StringIO()): main(['--help'])\n"
         "print(sorted(m for m in ('torch', 'vllm', 'ray') if m in sys.modules))"
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=Path(__file__).parents[2])
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=Path(__file__).parents[2]
+    )
     assert proc.stdout.strip() == "[]"
