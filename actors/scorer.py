@@ -57,7 +57,7 @@ class Scorer:
         self.weights = dict(weights)
         self.reward = WeightedReward(weights)
         self.timeout_s = timeout_s
-        self.executor = DeadlineExecutor(max_workers=workers)
+        self.executor = DeadlineExecutor(max_workers=workers, mp_context="forkserver", startup_in_deadline=False)
         # A cold spawn inside a Ray actor takes seconds; start the worker before the first deadline.
         self.executor.warm_up(workers)
 

@@ -63,9 +63,10 @@ def _outcome(status: Status, value: Any) -> Outcome:
     return Outcome(value, "ok") if status == "ok" else Outcome(None, status, value)
 
 
-def _worker_main(conn: Connection, initializer: Callable[[], None] | None) -> None:
+def _worker_main(conn: Connection, initializer: Callable[[], None] | None, path: list[str]) -> None:
     global _INSIDE_WORKER
     _INSIDE_WORKER = True
+    sys.path[:] = path  # forkserver children do not get the parent's sys.path the way spawn's do
     # Ctrl-C reaches the whole process group; the parent decides when a worker dies.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if initializer is not None:
@@ -85,9 +86,10 @@ def _worker_main(conn: Connection, initializer: Callable[[], None] | None) -> No
 class _Worker:
     def __init__(self, ctx: multiprocessing.context.BaseContext, initializer: Callable[[], None] | None) -> None:
         self.conn, child_conn = ctx.Pipe()
-        self.process = ctx.Process(target=_worker_main, args=(child_conn, initializer), daemon=True)
+        self.process = ctx.Process(target=_worker_main, args=(child_conn, initializer, list(sys.path)), daemon=True)
         self.process.start()
         child_conn.close()
+        self.ready = False
 
     def call(self, payload: bytes, deadline: float) -> tuple[Status, Any]:
         """Send one call; raises EOFError or OSError when the worker has died."""
@@ -111,8 +113,15 @@ class DeadlineExecutor:
         initializer: Callable[[], None] | None = None,
         max_workers: int | None = None,
         mp_context: str = "spawn",
+        startup_in_deadline: bool = True,
+        startup_timeout: float = 60.0,
     ) -> None:
         self._ctx = multiprocessing.get_context(mp_context)
+        # A scorer must not score 0 because a replacement worker was still starting after a kill:
+        # with startup_in_deadline=False the call's deadline starts once its worker is ready, and
+        # start-up is bounded by startup_timeout instead.
+        self._startup_in_deadline = startup_in_deadline
+        self._startup_timeout = startup_timeout
         self._initializer = initializer
         # No cap by default: a hung call holds its worker for the whole deadline, and callers queued
         # behind it would time out too. The callers' own thread count bounds the workers instead.
@@ -125,7 +134,8 @@ class DeadlineExecutor:
     def run(self, fn: Callable[..., Any], /, *args: Any, timeout: float, **kwargs: Any) -> Outcome:
         """Call ``fn(*args, **kwargs)`` in a worker; always returns within about ``timeout`` seconds.
 
-        The deadline covers waiting for a free worker and starting one. ``fn``, its arguments and its
+        The deadline covers waiting for a free worker and, unless the executor was made with
+        ``startup_in_deadline=False``, starting one. ``fn``, its arguments and its
         result must pickle; a call that cannot be pickled raises here, before any worker is involved.
         """
         if _INSIDE_WORKER:
@@ -157,6 +167,7 @@ class DeadlineExecutor:
             if not ready:
                 worker.kill()
                 raise RuntimeError(f"a worker did not start within {timeout} s (exit code {worker.process.exitcode})")
+            worker.ready = True
             self._checkin(worker)
 
     def close(self) -> None:
@@ -175,6 +186,15 @@ class DeadlineExecutor:
 
     def _run_on_worker(self, payload: bytes, deadline: float, timeout: float) -> Outcome:
         worker = self._checkout()
+        if not self._startup_in_deadline and not worker.ready:
+            try:
+                worker.ready = worker.call(_PING, time.monotonic() + self._startup_timeout)[0] == "ok"
+            except (EOFError, OSError):
+                pass
+            if not worker.ready:
+                worker.kill()
+                return Outcome(None, "error", f"worker did not start within {self._startup_timeout} s")
+            deadline = time.monotonic() + timeout
         try:
             status, value = worker.call(payload, deadline)
         except (EOFError, OSError):
@@ -184,6 +204,7 @@ class DeadlineExecutor:
             worker.kill()
             self._checkin(_Worker(self._ctx, self._initializer))  # warm up the replacement now
             return Outcome(None, "timeout", f"no result within {timeout} s; worker killed")
+        worker.ready = True
         self._checkin(worker)
         return _outcome(status, value)
 

@@ -1,4 +1,4 @@
-"""Ray 2.60 token authentication guards the dashboard's job API, as deploy/CLUSTER.md promises.
+"""Ray 2.60 token authentication guards the dashboard's job API, as the README promises.
 
 A local head starts with RAY_AUTH_MODE=token and its token in RAY_AUTH_TOKEN (HOME points to a
 temporary folder, so ~/.ray/auth_token is never read or written). Plain HTTP and Ray's own

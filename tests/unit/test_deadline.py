@@ -148,3 +148,10 @@ def test_warm_up_takes_start_up_out_of_the_first_deadline() -> None:
 def test_warm_up_reports_a_worker_that_cannot_start() -> None:
     with DeadlineExecutor(initializer=broken_start) as executor, pytest.raises(RuntimeError, match="did not start"):
         executor.warm_up()
+
+
+def test_startup_outside_the_deadline_gives_a_replacement_worker_its_full_deadline() -> None:
+    with DeadlineExecutor(startup_in_deadline=False, initializer=slow_start) as executor:
+        assert executor.run(sleep_forever, timeout=0.3).status == "timeout"
+        # the replacement needs longer than 0.3 s to start (slow_start); only the call is timed
+        assert executor.run(pow, 2, 5, timeout=0.3) == Outcome(32, "ok")

@@ -1,0 +1,89 @@
+"""Weight-broadcast benchmark: seconds per learner -> vLLM sync for the tiny demo model and a ~100M model.
+
+Real Ray actors, a real vLLM engine and r1ray's gloo weight-transfer engine (CPU). Prints one line
+per model size with parameter count, MiB moved, sync seconds (median of the rounds) and the
+logprob agreement after the sync.
+
+    RAY_AUTH_MODE=disabled .venv/bin/python benchmarks/weight_sync.py [--rounds 5] [--sizes tiny,100m]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+from pathlib import Path
+
+SIZES = {"tiny": {"hidden": 128, "layers": 4}, "100m": {"hidden": 768, "layers": 14}}
+
+
+def bench(name: str, rounds: int, workdir: Path) -> dict:
+    import numpy as np
+    from safetensors.torch import load_file
+
+    from cluster.config import RunConfig
+    from cluster.demo_model import build_tokenizer, save_random_model
+    from cluster.fleet import Fleet
+    from cluster.payloads import SamplingSpec, TrainBatch
+
+    path = save_random_model(workdir / name, tie=True, **SIZES[name])
+    params = sum(int(np.prod(t.shape)) for t in load_file(path / "model.safetensors").values())
+    cfg = RunConfig.model_validate(
+        {
+            "model": {"max_prompt_len": 32, "max_response_len": 16},
+            "rollout": {"stop": [], "gpu_memory_utilization": 0.1},
+            "learner": {"lr": 1e-4, "micro_batch_size": 16, "cpus_per_rank": 2},
+            "grpo": {"prompts_per_step": 4, "group_size": 4, "kl_coef": 0.0},
+            "reward": {"weights": {"format": 1.0}, "accuracy_key": "format"},
+        }
+    )
+    fleet = Fleet(cfg, str(path), str(path), total_steps=rounds + 1)
+    try:
+        tok = build_tokenizer()
+        prompts = [np.array(tok.encode(f"{100 + i}+{200 + i}="), dtype=np.int32) for i in range(4)]
+        seconds, receive, diffs = [], [], []
+        for version in range(1, rounds + 1):
+            rollouts = fleet.generate(prompts, 4, SamplingSpec(max_tokens=16))
+            batch = TrainBatch.from_rollouts(rollouts, np.linspace(-1, 1, 16).astype(np.float32))
+            diffs.append(fleet.train(batch)["rollout/logprob_diff_max"])
+            sync = fleet.sync_weights(version)
+            seconds.append(sync["time/weight_sync_s"])
+            receive.append(sync["time/weight_receive_s"])
+        final = fleet.generate(prompts, 4, SamplingSpec(max_tokens=16))
+        diffs.append(fleet.train(TrainBatch.from_rollouts(final, batch.advantages))["rollout/logprob_diff_max"])
+    finally:
+        fleet.shutdown()
+    return {
+        "model": name,
+        "params_m": params / 1e6,
+        "mib": params * 4 / 2**20,
+        "sync_s": statistics.median(seconds),
+        "receive_s": statistics.median(receive),
+        "logprob_diff_max": max(diffs),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--sizes", default="tiny,100m")
+    args = parser.parse_args()
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    import ray
+
+    ray.init(address="local", num_cpus=8, include_dashboard=False, log_to_driver=False)
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.sizes.split(","):
+            r = bench(name, args.rounds, Path(tmp))
+            print(
+                f"{r['model']:>5}: {r['params_m']:7.1f} M params, {r['mib']:7.1f} MiB fp32 | "
+                f"sync {r['sync_s']:.3f} s (engine receive+load {r['receive_s']:.3f} s) | "
+                f"{r['mib'] / r['sync_s']:7.0f} MiB/s | logprob diff after sync {r['logprob_diff_max']:.1e}",
+                flush=True,
+            )
+    ray.shutdown()
+
+
+if __name__ == "__main__":
+    main()

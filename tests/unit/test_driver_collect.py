@@ -1,0 +1,97 @@
+"""The driver's batch collection, including DAPO dynamic sampling, against a scripted stand-in fleet.
+
+Only the driver's bookkeeping is under test here (which groups are kept, how many prompts are
+drawn); the real actors are covered in tests/ray and tests/e2e.
+"""
+
+import numpy as np
+import pytest
+
+from actors.scorer import Scores
+from cluster.config import RunConfig
+from cluster.driver import collect
+from cluster.payloads import Rollouts
+from cluster.prompts import Prompts
+from cluster.tasks import Example
+
+
+class ScriptedFleet:
+    """Answers generate/score like the real Fleet; a group is informative when its prompt ends in '1='."""
+
+    def __init__(self):
+        self.generated = 0
+
+    def generate(self, prompt_ids, group_size, sampling):
+        n = len(prompt_ids) * group_size
+        self.generated += len(prompt_ids)
+        tokens = np.ones((n, 3), dtype=np.int32)
+        self.last = prompt_ids
+        return Rollouts(group_size, prompt_ids, tokens, np.full(n, 3, np.int32), None, ["x"] * n, ["stop"] * n, 0)
+
+    def score(self, texts, answers):
+        g = len(texts) // len(self.last)
+        rewards = np.concatenate([np.tile([1.0, 0.0], g // 2) if p[-2] == 1 else np.zeros(g) for p in self.last])
+        return Scores(rewards.astype(np.float32), {"exact": rewards.astype(np.float32)})
+
+
+class CharTokenizer:
+    def __call__(self, text):
+        return {"input_ids": [int(c) if c.isdigit() else 10 for c in text]}
+
+
+class ScriptedStream:
+    def __init__(self, prompts):
+        self.prompts, self.position = prompts, 0
+
+    def take(self, n):
+        out = [Example(p, "0") for p in self.prompts[self.position : self.position + n]]
+        self.position += n
+        return out
+
+
+def _prompts(cfg, sequence):
+    prompts = Prompts.__new__(Prompts)
+    prompts.tokenizer, prompts.template, prompts.max_len = CharTokenizer(), "{prompt}", 16
+    prompts.train = ScriptedStream(sequence)
+    return prompts
+
+
+def _cfg(dynamic: bool, rounds: int = 3) -> RunConfig:
+    return RunConfig.model_validate(
+        {
+            "grpo": {
+                "prompts_per_step": 4,
+                "group_size": 4,
+                "dynamic_sampling": dynamic,
+                "max_sampling_rounds": rounds,
+            },
+            "reward": {"weights": {"exact": 1.0}},
+        }
+    )
+
+
+def test_without_dynamic_sampling_every_group_is_kept():
+    cfg = _cfg(False)
+    rollouts, scores, answers, sampled = collect(ScriptedFleet(), _prompts(cfg, ["1=", "2=", "1=", "2="]), cfg)
+    assert sampled == 4 and rollouts.num_completions == 16 and len(answers) == 16
+
+
+def test_dynamic_sampling_refills_with_informative_groups():
+    cfg = _cfg(True)
+    sequence = ["1=", "2=", "2=", "1=", "1=", "2=", "1=", "2=", "2=", "2="]
+    prompts = _prompts(cfg, sequence)
+    rollouts, scores, _, sampled = collect(ScriptedFleet(), prompts, cfg)
+    groups = scores.total.reshape(4, 4)
+    assert (groups.std(axis=1) > 0).all(), "an all-equal group slipped in"
+    # round 1 draws 4 (2 informative), round 2 draws the 2 missing (1), round 3 the last one
+    assert sampled == 7 and prompts.train.position == 7
+
+
+@pytest.mark.parametrize("rounds", [1, 2])
+def test_dynamic_sampling_pads_with_flat_groups_when_rounds_run_out(rounds):
+    cfg = _cfg(True, rounds)
+    prompts = _prompts(cfg, ["2=", "1=", "2=", "2="] * 3)
+    rollouts, scores, _, sampled = collect(ScriptedFleet(), prompts, cfg)
+    assert rollouts.num_completions == 16, "the batch keeps its configured size"
+    informative = int((scores.total.reshape(4, 4).std(axis=1) > 0).sum())
+    assert informative == rounds
