@@ -1,4 +1,6 @@
-"""After a learner update and a broadcast, every vLLM engine computes the learner's logprobs.
+"""The whole chain (generate, score, advantages, train, broadcast, generate again) on a local Ray cluster.
+
+After a learner update and a broadcast, every vLLM engine computes the learner's logprobs.
 
 Real Ray actors, real vLLM-CPU engines, a real FSDP2 gloo group, r1ray's gloo weight-transfer engine
 inside vLLM's worker processes.
@@ -25,7 +27,11 @@ def _config(world_size: int, workers: int) -> RunConfig:
             "rollout": {"num_workers": workers, "stop": []},
             "learner": {"world_size": world_size, "lr": 1e-2, "micro_batch_size": 8},
             "grpo": {"prompts_per_step": 4, "group_size": 4, "kl_coef": 0.05},
-            "reward": {"weights": {"format": 1.0}, "accuracy_key": "format"},
+            # length_bonus gives every group reward variance even from a random model
+            "reward": {
+                "weights": {"format": 1.0, "tests.unit.bad_rewards:length_bonus": 1.0},
+                "accuracy_key": "format",
+            },
         }
     )
 
@@ -57,8 +63,11 @@ def _run_chain(model_path, world_size: int, workers: int):
         prompts = [np.array(tok.encode(f"{100 + 7 * i}+{200 + i}="), dtype=np.int32) for i in range(4)]
         rollouts = fleet.generate(prompts, 4, SamplingSpec(max_tokens=16))
         assert rollouts.num_completions == 16 and rollouts.policy_version == 0
-        rewards = np.random.default_rng(0).random(16).astype(np.float32)
-        batch = TrainBatch.from_rollouts(rollouts, group_advantages(torch.from_numpy(rewards), 4).numpy())
+        scores = fleet.score(rollouts.texts, ["0"] * 16)
+        assert scores.timeouts == scores.errors == 0
+        advantages = group_advantages(torch.from_numpy(scores.total), 4).numpy()
+        assert np.abs(advantages).max() > 0
+        batch = TrainBatch.from_rollouts(rollouts, advantages)
         assert batch.max_response_len > 1
 
         metrics = fleet.train(batch)
