@@ -145,21 +145,24 @@ class LearnerRank:
         shard = self._shard(batch)
         # One on-policy pass: the training forward itself gives the old logprobs (ratio = 1), so
         # the separate no-grad forward is skipped.
-        on_policy = self.grpo.epochs == 1 and self.grpo.mini_batches == 1
-        old = None if on_policy else torch.as_tensor(self.compute_logprobs(shard))
+        on_policy = self.grpo.epochs == 1 and self.grpo.mini_batches == 1 and not self.grpo.async_rollouts
+        old = None if on_policy else self._old_logprobs(shard)
         ref = torch.as_tensor(self.compute_logprobs(shard, reference=True)) if self.ref else None
-        self._pre_update_logprobs: list[torch.Tensor] = []
+        self._first_pass: list[torch.Tensor] = []  # logprobs of the first epoch's forwards
         totals: dict[str, float] = {}
         mini_size = len(shard) // self.grpo.mini_batches
-        for _ in range(self.grpo.epochs):
+        for epoch in range(self.grpo.epochs):
             for k in range(self.grpo.mini_batches):
                 rows = slice(k * mini_size, (k + 1) * mini_size)
-                step_metrics = self._optimizer_step(shard, rows, old, ref)
+                step_metrics = self._optimizer_step(shard, rows, old, ref, record=epoch == 0)
                 for key, value in step_metrics.items():
                     totals[key] = totals.get(key, 0.0) + value
-        if old is None:
-            old = torch.cat([_pad_to(lp, shard.max_response_len) for lp in self._pre_update_logprobs])
-        metrics = self._sync_check(shard, old)
+        first_pass = torch.cat([_pad_to(lp, shard.max_response_len) for lp in self._first_pass])
+        if self.grpo.async_rollouts:  # stale by one update by design: a measure of off-policyness, not of sync
+            metrics = self._sync_check(shard, first_pass)
+            metrics = {k.replace("logprob_diff", "offpolicy_logprob_diff"): v for k, v in metrics.items()}
+        else:  # the learner's logprobs before this step's first update against the engine's
+            metrics = self._sync_check(shard, first_pass if old is None else old)
         updates = self.grpo.epochs * self.grpo.mini_batches
         metrics.update({key: value / updates for key, value in totals.items()})
         tokens = float(shard.response_lens.sum()) * self.grpo.epochs
@@ -167,8 +170,17 @@ class LearnerRank:
         metrics["lr"] = self.scheduler.get_last_lr()[0]
         return metrics
 
+    def _old_logprobs(self, shard: TrainBatch) -> torch.Tensor:
+        """The behaviour policy's logprobs: the engine's in async mode (it sampled with older weights),
+        else this model's before the first update of the step."""
+        if self.grpo.async_rollouts:
+            if shard.rollout_logprobs is None:
+                raise ValueError("grpo.async_rollouts needs the engine's logprobs in the batch")
+            return _pad_to(torch.tensor(shard.rollout_logprobs), shard.max_response_len)
+        return torch.as_tensor(self.compute_logprobs(shard))
+
     def _optimizer_step(
-        self, shard: TrainBatch, rows: slice, old: torch.Tensor | None, ref: torch.Tensor | None
+        self, shard: TrainBatch, rows: slice, old: torch.Tensor | None, ref: torch.Tensor | None, record: bool
     ) -> dict[str, float]:
         mini = shard.select(rows)
         ref_mini = None if ref is None else ref[rows]
@@ -181,8 +193,8 @@ class LearnerRank:
             logits, tokens, mask = self._response_logits(self.model, micro)
             lp = grpo.token_logprobs(logits, tokens, self.temperature)
             width = lp.shape[1]
-            if old is None:
-                self._pre_update_logprobs.append((lp * mask).detach().cpu())
+            if record:
+                self._first_pass.append((lp * mask).detach().cpu())
             loss, m = grpo.policy_loss(
                 lp,
                 lp.detach() if old is None else old[rows][i : i + step, :width].to(self.device),

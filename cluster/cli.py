@@ -73,7 +73,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from cluster.driver import train
 
-    def stop(signum, frame):  # `ray job stop` sends SIGTERM: unwind so the actors are shut down
+    def stop(signum, frame):
+        # `ray job stop` sends SIGTERM: unwind through train()'s `finally` so the actors are shut down.
+        # Once ray.init has run, Ray's own handler (sys.exit) does the same; this covers the time before.
         raise SystemExit(128 + signum)
 
     signal.signal(signal.SIGTERM, stop)

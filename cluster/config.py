@@ -147,6 +147,9 @@ class GRPOConfig(_Section):
     """DAPO: drop groups whose rewards are all equal and draw more prompts to refill the batch."""
     max_sampling_rounds: int = Field(3, ge=1)
     """With dynamic sampling, at most this many generate rounds per step."""
+    async_rollouts: bool = False
+    """Generate the next batch with the current weights while the learner trains on this one (one step
+    off-policy; the engine's logprobs are the behaviour policy of the clipped ratio)."""
 
 
 class LearnerConfig(_Section):

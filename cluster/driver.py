@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor, wait
 
 import numpy as np
 import torch
@@ -22,6 +23,8 @@ from cluster.metrics import MetricsLogger, plot_run, progress_line
 from cluster.payloads import Rollouts, SamplingSpec, TrainBatch
 from cluster.prompts import Prompts
 from rewards.format import format_reward
+
+SYNC_PROBE_ROWS = 8
 
 
 def train(cfg: RunConfig, resume: bool = False) -> dict:
@@ -49,9 +52,34 @@ def train(cfg: RunConfig, resume: bool = False) -> dict:
             evals.append(evaluate(fleet, prompts, cfg, step=0))
             print(f"eval before GRPO: {_eval_text(evals[-1])}", flush=True)
         started = time.perf_counter()
-        for step in range(state["step"] + 1, cfg.grpo.steps + 1):
+        position = grpo_loop(fleet, prompts, cfg, log, evals, first_step=state["step"] + 1)
+        if evals[-1]["step"] != cfg.grpo.steps:
+            evals.append(evaluate(fleet, prompts, cfg, step=cfg.grpo.steps))
+        save_checkpoint(fleet, cfg, cfg.grpo.steps, position, evals)
+        log.close()
+        summary = write_summary(cfg, evals, time.perf_counter() - started)
+    finally:
+        fleet.shutdown()
+    print_table(cfg, summary)
+    return summary
+
+
+def grpo_loop(fleet, prompts: Prompts, cfg: RunConfig, log: MetricsLogger, evals: list[dict], first_step: int) -> int:
+    """The GRPO steps. With ``grpo.async_rollouts`` the next batch is generated (by the previous
+    weights) while the learner trains on this one: one step off-policy, corrected by the ratio to
+    the engine's logprobs."""
+    overlap = cfg.grpo.async_rollouts
+    position = prompts.train.position
+    if first_step > cfg.grpo.steps:
+        return position
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="collect") as pool:
+        pending = pool.submit(collect, fleet, prompts, cfg)
+        for step in range(first_step, cfg.grpo.steps + 1):
             t0 = time.perf_counter()
-            rollouts, scores, answers, sampled = collect(fleet, prompts, cfg)
+            rollouts, scores, sampled, position = pending.result()
+            more = step < cfg.grpo.steps
+            if overlap and more:
+                pending = pool.submit(collect, fleet, prompts, cfg)
             advantages = group_advantages(
                 torch.as_tensor(scores.total), cfg.grpo.group_size, scale=cfg.grpo.scale_advantages
             )
@@ -59,24 +87,22 @@ def train(cfg: RunConfig, resume: bool = False) -> dict:
             t1 = time.perf_counter()
             train_metrics = fleet.train(batch)
             t2 = time.perf_counter()
+            if overlap and more:
+                wait([pending])  # the engines must finish sampling before they take new weights
             sync = fleet.sync_weights(step)
+            if overlap:
+                sync |= fleet.check_sync(batch.select(slice(0, SYNC_PROBE_ROWS)))
             row = step_metrics(step, cfg, rollouts, scores, sampled, prompts, train_metrics, sync, t0, t1, t2)
             log.log(row)
             print(progress_line(row, cfg.grpo.steps), flush=True)
-            if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.grpo.steps:
+            if cfg.eval_every and step % cfg.eval_every == 0 and more:
                 evals.append(evaluate(fleet, prompts, cfg, step=step))
                 print(f"eval at step {step}: {_eval_text(evals[-1])}", flush=True)
-            if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.grpo.steps:
-                save_checkpoint(fleet, cfg, step, prompts, evals)
-        if evals[-1]["step"] != cfg.grpo.steps:
-            evals.append(evaluate(fleet, prompts, cfg, step=cfg.grpo.steps))
-        save_checkpoint(fleet, cfg, cfg.grpo.steps, prompts, evals)
-        log.close()
-        summary = write_summary(cfg, evals, time.perf_counter() - started)
-    finally:
-        fleet.shutdown()
-    print_table(cfg, summary)
-    return summary
+            if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and more:
+                save_checkpoint(fleet, cfg, step, position, evals)
+            if not overlap and more:
+                pending = pool.submit(collect, fleet, prompts, cfg)
+    return position
 
 
 def collect(fleet, prompts: Prompts, cfg: RunConfig):
@@ -102,14 +128,15 @@ def collect(fleet, prompts: Prompts, cfg: RunConfig):
         if len(kept) >= want:
             break
     groups = (kept + dropped)[:want]  # refill with uninformative groups (zero advantage) if rounds ran out
-    return (*_join_groups(groups, g), sampled)
+    rollouts, scores = _join_groups(groups, g)
+    return rollouts, scores, sampled, prompts.train.position
 
 
 def _join_groups(groups: list, g: int):
     from actors.scorer import Scores
 
-    parts, score_parts, answers = [], [], []
-    for rollouts, scores, i, answer in groups:
+    parts, score_parts = [], []
+    for rollouts, scores, i, _ in groups:
         rows = slice(i * g, (i + 1) * g)
         parts.append(
             Rollouts(
@@ -125,11 +152,10 @@ def _join_groups(groups: list, g: int):
             )
         )
         score_parts.append(Scores(scores.total[rows], {k: v[rows] for k, v in scores.components.items()}))
-        answers += [answer] * g
     totals = Scores.concat(score_parts)
     first = groups[0][1]
     totals.timeouts, totals.errors, totals.seconds = first.timeouts, first.errors, first.seconds
-    return Rollouts.concat(parts), totals, answers
+    return Rollouts.concat(parts), totals
 
 
 def step_metrics(step, cfg, rollouts, scores, sampled, prompts, train_metrics, sync, t0, t1, t2) -> dict:
@@ -148,7 +174,6 @@ def step_metrics(step, cfg, rollouts, scores, sampled, prompts, train_metrics, s
         "response_length/max": float(lengths.max()),
         "response_length/clip_ratio": float(np.mean([f == "length" for f in rollouts.finish_reasons])),
         "data/prompts_sampled": sampled,
-        "data/position": prompts.train.position,
         **train_metrics,
         **sync,
         "time/rollout_s": rollouts.gen_seconds,
@@ -178,8 +203,9 @@ def evaluate(fleet, prompts: Prompts, cfg: RunConfig, step: int) -> dict:
     return results
 
 
-def save_checkpoint(fleet, cfg: RunConfig, step: int, prompts: Prompts, evals: list[dict]) -> None:
-    state = {"step": step, "policy_version": step, "data_position": prompts.train.position, "evals": evals}
+def save_checkpoint(fleet, cfg: RunConfig, step: int, data_position: int, evals: list[dict]) -> None:
+    """``data_position``: the prompt stream's position after the last batch trained on (not one in flight)."""
+    state = {"step": step, "policy_version": step, "data_position": data_position, "evals": evals}
     path = checkpoint.save(cfg.run_dir, step, fleet.save_checkpoint, state, keep=cfg.keep_checkpoints)
     print(f"checkpoint: {path}", flush=True)
 

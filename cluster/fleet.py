@@ -129,6 +129,19 @@ class Fleet:
     def sync_weights(self, version: int) -> dict[str, float]:
         return ray.get([learner.sync_weights.remote(version) for learner in self.learners])[0]
 
+    def check_sync(self, probe: TrainBatch) -> dict[str, float]:
+        """Largest |engine - learner| logprob over the probe's response tokens, on every engine."""
+        learner_lp = ray.get([learner.compute_logprobs.remote(probe) for learner in self.learners])[0]
+        sequences = [
+            row[: p + r] for row, p, r in zip(probe.input_ids, probe.prompt_lens, probe.response_lens, strict=True)
+        ]
+        temperature = self.cfg.rollout.temperature or 1.0
+        worst = 0.0
+        for engine_lp in ray.get([w.prompt_logprobs.remote(sequences, temperature) for w in self.rollouts]):
+            for i, (lp, p, r) in enumerate(zip(engine_lp, probe.prompt_lens, probe.response_lens, strict=True)):
+                worst = max(worst, float(np.abs(lp[p : p + r] - learner_lp[i, :r]).max(initial=0.0)))
+        return {"rollout/logprob_diff_max": worst}
+
     def save_checkpoint(self, path: str) -> None:
         ray.get([learner.save_checkpoint.remote(path) for learner in self.learners])
 
