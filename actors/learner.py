@@ -53,6 +53,7 @@ class LearnerRank:
         total_steps: int = 1,
         seed: int = 0,
         ref_model_path: str | None = None,
+        trust_remote_code: bool = False,
     ) -> None:
         self.rank, self.world_size = rank, world_size
         self.cfg, self.grpo = learner, grpo_cfg
@@ -66,9 +67,11 @@ class LearnerRank:
         torch.manual_seed(seed + rank)
         # Ray pins OMP_NUM_THREADS to 1 in actors; use the CPUs this rank reserved.
         torch.set_num_threads(max(1, int(learner.cpus_per_rank)))
-        self.model_path = model_path
+        # Tokenizer and config come from the base model: model_path may be a checkpoint that rotation deletes.
+        self.base_path = ref_model_path or model_path
+        self.trust_remote_code = trust_remote_code
         self.model = self._load_sharded(model_path, trainable=True)
-        self.ref = self._load_sharded(ref_model_path or model_path, trainable=False) if grpo_cfg.kl_coef > 0 else None
+        self.ref = self._load_sharded(self.base_path, trainable=False) if grpo_cfg.kl_coef > 0 else None
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(), lr=learner.lr, betas=learner.betas, weight_decay=learner.weight_decay
         )
@@ -82,7 +85,9 @@ class LearnerRank:
         from torch.distributed.device_mesh import init_device_mesh
         from transformers import AutoModelForCausalLM
 
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(self.device)
+        model = AutoModelForCausalLM.from_pretrained(
+            path, dtype=torch.float32, trust_remote_code=self.trust_remote_code
+        ).to(self.device)
         if trainable and self.cfg.activation_checkpointing:
             model.gradient_checkpointing_enable()
         mesh = init_device_mesh(self.device.type, (self.world_size,))
@@ -113,18 +118,22 @@ class LearnerRank:
         mask = (offsets[None] < resp[:, None]).float()
         return picked, ids.gather(1, target_pos), mask
 
-    def _logprobs(self, model: torch.nn.Module, batch: TrainBatch) -> tuple[torch.Tensor, torch.Tensor]:
-        logits, tokens, mask = self._response_logits(model, batch)
-        return grpo.token_logprobs(logits, tokens, self.temperature), mask
-
     @torch.no_grad()
-    def compute_logprobs(self, batch: TrainBatch, reference: bool = False) -> np.ndarray:
-        """Per-response-token logprobs (B, R) of this rank's model (or the reference), 0 on padding."""
+    def compute_logprobs(
+        self, batch: TrainBatch, reference: bool = False, temperature: float | None = None
+    ) -> np.ndarray:
+        """Per-response-token logprobs (B, R) of this rank's model (or the reference), 0 on padding.
+
+        ``temperature`` defaults to the sampling temperature the engines use."""
         model = self.ref if reference else self.model
         if model is None:
             raise ValueError("no reference model: grpo.kl_coef is 0")
         width = max(1, batch.max_response_len)
-        out = [_pad_to(lp * m, width) for lp, m in (self._logprobs(model, c) for c in self._micro_batches(batch))]
+        out = []
+        for chunk in self._micro_batches(batch):
+            logits, tokens, mask = self._response_logits(model, chunk)
+            lp = grpo.token_logprobs(logits, tokens, temperature or self.temperature)
+            out.append(_pad_to(lp * mask, width))
         return torch.cat(out).float().cpu().numpy()
 
     def _micro_batches(self, batch: TrainBatch) -> list[TrainBatch]:
@@ -148,16 +157,16 @@ class LearnerRank:
         on_policy = self.grpo.epochs == 1 and self.grpo.mini_batches == 1 and not self.grpo.async_rollouts
         old = None if on_policy else self._old_logprobs(shard)
         ref = torch.as_tensor(self.compute_logprobs(shard, reference=True)) if self.ref else None
-        self._first_pass: list[torch.Tensor] = []  # logprobs of the first epoch's forwards
+        first_pass: list[torch.Tensor] = []  # logprobs of the first epoch's forwards
         totals: dict[str, float] = {}
         mini_size = len(shard) // self.grpo.mini_batches
         for epoch in range(self.grpo.epochs):
             for k in range(self.grpo.mini_batches):
                 rows = slice(k * mini_size, (k + 1) * mini_size)
-                step_metrics = self._optimizer_step(shard, rows, old, ref, record=epoch == 0)
+                step_metrics = self._optimizer_step(shard, rows, old, ref, first_pass if epoch == 0 else None)
                 for key, value in step_metrics.items():
                     totals[key] = totals.get(key, 0.0) + value
-        first_pass = torch.cat([_pad_to(lp, shard.max_response_len) for lp in self._first_pass])
+        first_pass = torch.cat([_pad_to(lp, shard.max_response_len) for lp in first_pass])
         if self.grpo.async_rollouts:  # stale by one update by design: a measure of off-policyness, not of sync
             metrics = self._sync_check(shard, first_pass)
             metrics = {k.replace("logprob_diff", "offpolicy_logprob_diff"): v for k, v in metrics.items()}
@@ -180,7 +189,12 @@ class LearnerRank:
         return torch.as_tensor(self.compute_logprobs(shard))
 
     def _optimizer_step(
-        self, shard: TrainBatch, rows: slice, old: torch.Tensor | None, ref: torch.Tensor | None, record: bool
+        self,
+        shard: TrainBatch,
+        rows: slice,
+        old: torch.Tensor | None,
+        ref: torch.Tensor | None,
+        record: list[torch.Tensor] | None,
     ) -> dict[str, float]:
         mini = shard.select(rows)
         ref_mini = None if ref is None else ref[rows]
@@ -193,8 +207,8 @@ class LearnerRank:
             logits, tokens, mask = self._response_logits(self.model, micro)
             lp = grpo.token_logprobs(logits, tokens, self.temperature)
             width = lp.shape[1]
-            if record:
-                self._first_pass.append((lp * mask).detach().cpu())
+            if record is not None:
+                record.append((lp * mask).detach().cpu())
             loss, m = grpo.policy_loss(
                 lp,
                 lp.detach() if old is None else old[rows][i : i + step, :width].to(self.device),
@@ -209,8 +223,7 @@ class LearnerRank:
             )
             (loss * self._loss_scale(micro, mini, token_total)).backward()
             share = len(micro) / len(mini)
-            with torch.no_grad():
-                m["entropy"] = grpo.masked_mean(grpo.entropy_from_logits(logits), mask).item()
+            m["entropy"] = self._entropy(logits, mask)
             for key, value in m.items():
                 sums[key] = sums.get(key, 0.0) + value * share
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
@@ -220,6 +233,15 @@ class LearnerRank:
         self.optimizer.zero_grad(set_to_none=True)
         sums["grad_norm"] = float(grad_norm)
         return _all_mean(sums)
+
+    @torch.no_grad()
+    def _entropy(self, logits: torch.Tensor, mask: torch.Tensor) -> float:
+        """Mean entropy of the sampling distribution (logits / T) over response tokens, one row at a time
+        so that a float32 copy of the whole (B, R, V) block never exists."""
+        total = sum(
+            (grpo.entropy_from_logits(row / self.temperature) * m).sum() for row, m in zip(logits, mask, strict=True)
+        )
+        return float(total / mask.sum().clamp(min=1))
 
     def _loss_scale(self, micro: TrainBatch, mini: TrainBatch, token_total: torch.Tensor) -> float:
         # FSDP averages gradients over ranks, so each micro-batch's share of the global mean is
@@ -300,7 +322,7 @@ class LearnerRank:
             weights.pop("lm_head.weight", None)
         save_file({k: v.contiguous() for k, v in weights.items()}, out / "model.safetensors", metadata={"format": "pt"})
         config.save_pretrained(out)
-        AutoTokenizer.from_pretrained(self.model_path).save_pretrained(out)
+        AutoTokenizer.from_pretrained(self.base_path, trust_remote_code=self.trust_remote_code).save_pretrained(out)
         torch.save({"optimizer": optim, "scheduler": self.scheduler.state_dict(), "rng": rng}, out / "trainer_state.pt")
 
     def load_checkpoint(self, path: str) -> None:

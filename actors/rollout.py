@@ -71,11 +71,12 @@ class RolloutEngine:
         completions = [c for out in outputs for c in sorted(out.outputs, key=lambda c: c.index)]
         return _to_rollouts(prompt_ids, group_size, completions, sampling.logprobs, self.policy_version, start)
 
-    def prompt_logprobs(self, sequences: list[np.ndarray], temperature: float = 1.0) -> list[np.ndarray]:
-        """The engine's logprob of every token of each sequence given the ones before (index 0 is nan)."""
+    def prompt_logprobs(self, sequences: list[np.ndarray]) -> list[np.ndarray]:
+        """The engine's logprob (at temperature 1: vLLM applies no sampling processors to prompt tokens) of
+        every token of each sequence given the ones before; index 0 is nan."""
         from vllm import SamplingParams
 
-        params = SamplingParams(max_tokens=1, temperature=temperature, prompt_logprobs=0)
+        params = SamplingParams(max_tokens=1, temperature=1.0, prompt_logprobs=0)
         outputs = self.llm.generate(
             [{"prompt_token_ids": [int(t) for t in seq]} for seq in sequences], params, use_tqdm=False
         )

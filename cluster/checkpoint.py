@@ -1,9 +1,11 @@
 """Checkpoints under ``runs/<name>/checkpoints/step-<N>/``: written to a temporary folder, then renamed.
 
 A checkpoint holds the policy in Hugging Face format (loadable by vLLM and transformers), the
-learner's optimizer / LR-schedule / RNG state (``trainer_state.pt``) and the driver's state
-(``driver_state.json``: step, policy version, data position, Python RNG), which is everything an
-exact resume needs. A folder without ``driver_state.json`` is incomplete and never resumed from.
+learner's optimizer / LR-schedule / torch RNG state (``trainer_state.pt``) and the driver's state
+(``driver_state.json``: step, policy version, data position, evaluations). The data order is a
+pure function of the position, so a resume trains on the same prompts in the same order; the
+vLLM engines are re-seeded, so their samples differ from an uninterrupted run.
+A folder without ``driver_state.json`` is incomplete and never resumed from.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from cluster.config import ConfigError, load_config
+from cluster.config import ConfigError, DataError, load_config
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -44,12 +44,24 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _load(args: argparse.Namespace):
-    config = args.config
-    if getattr(args, "resume", None) and config is None:
-        config = Path(args.resume) / "config.yaml"
-        if not config.is_file():
-            raise ConfigError(f"config error: --resume {args.resume}: no config.yaml there")
-    return load_config(config, args.overrides)
+    resume = getattr(args, "resume", None)
+    if not resume:
+        return load_config(args.config, args.overrides)
+    run = Path(resume)
+    config = args.config or run / "config.yaml"
+    if not Path(config).is_file():
+        raise ConfigError(f"config error: --resume {resume}: no config.yaml there")
+    # The run folder named on the command line is the one resumed, wherever the config said it was.
+    cfg = load_config(config, [*args.overrides, f"output_dir={run.resolve().parent}", f"name={run.resolve().name}"])
+    from cluster import checkpoint
+
+    last = checkpoint.latest(run)
+    if last is None:
+        raise ConfigError(f"config error: --resume {resume}: no complete checkpoint under {run / 'checkpoints'}")
+    done = checkpoint.load_driver_state(last)["step"]
+    if cfg.grpo.steps < done:
+        raise ConfigError(f"config error: grpo.steps ({cfg.grpo.steps}) is below the checkpoint's step {done}")
+    return cfg
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -81,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, stop)
     try:
         summary = train(cfg, resume=bool(args.resume))
-    except ValueError as err:  # bad data rows, unknown builtin names: a message, not a traceback
+    except DataError as err:  # bad data rows or model folder: a message, not a traceback
         print(f"r1ray: error: {err}", file=sys.stderr)
         return 2
     return 0 if summary else 1

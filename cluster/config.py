@@ -31,6 +31,10 @@ class ConfigError(ValueError):
     """A configuration problem, already phrased for the person who wrote the config."""
 
 
+class DataError(ValueError):
+    """Bad input found when the run starts (dataset rows, model folder), phrased for the user."""
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, use_attribute_docstrings=True)
 
@@ -39,14 +43,14 @@ class ModelConfig(_Section):
     path: str = "builtin:tiny-adder"
     """Hugging Face model directory, or ``builtin:tiny-adder`` for the demo model r1ray builds itself."""
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    """Dtype of the rollout engines and of the learner's compute (bf16 needs a GPU)."""
+    """Dtype of the rollout engines (the learner keeps float32 weights; see learner.mixed_precision)."""
     max_prompt_len: int = Field(256, ge=1, le=131072)
     """Longest prompt in tokens; longer dataset prompts are an error, not silently cut."""
     max_response_len: int = Field(48, ge=1, le=131072)
     """Most tokens generated per completion (the one owner of the response length)."""
     trust_remote_code: bool = False
     """Let transformers and vLLM run code shipped with the model."""
-    builtin_pretrain_steps: int = Field(400, ge=0)
+    builtin_pretrain_steps: int = Field(400, ge=1)
     """Most pre-training steps of the builtin model (it stops at the first probe reaching the target)."""
     builtin_target_accuracy: float = Field(0.15, ge=0.0, le=1.0)
     """Sampled held-out accuracy at which the builtin model's pre-training stops."""
@@ -74,6 +78,12 @@ class DataConfig(_Section):
     def _template_has_prompt(self) -> DataConfig:
         if self.template not in TEMPLATES and "{prompt}" not in self.template:
             raise ValueError(f"data.template must be one of {sorted(TEMPLATES)} or contain '{{prompt}}'")
+        pairs = (9 * 10 ** (self.digits - 1)) ** 2
+        if self.train.startswith("builtin:") and self.eval_size > pairs // 2:
+            raise ValueError(
+                f"data.eval_size ({self.eval_size}) must leave most of the {pairs} "
+                f"{self.digits}-digit problems for training"
+            )
         return self
 
     def template_text(self) -> str:
@@ -89,8 +99,8 @@ class RolloutConfig(_Section):
     """GPUs per rollout engine; the engine uses them with tensor parallelism."""
     resources: dict[str, float] = {}
     """Extra custom Ray resources each rollout worker requests (e.g. ``{rollout: 1}``) to steer node types."""
-    temperature: float = Field(1.0, ge=0.0, le=10.0)
-    """Sampling temperature of training rollouts and of sampled evaluation."""
+    temperature: float = Field(1.0, gt=0.0, le=10.0)
+    """Sampling temperature of training rollouts and of sampled evaluation (> 0: a group needs distinct samples)."""
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     """Nucleus sampling threshold (keep 1.0 so the engine's logprobs match the learner's)."""
     stop: list[str] = ["</answer>"]
@@ -107,7 +117,8 @@ class RewardConfig(_Section):
     weights: dict[str, float] = {"exact": 1.0, "format": 0.1}
     """Reward names (see ``rewards.REWARD_NAMES``) or ``module:function`` paths, with their weights."""
     timeout_s: float = Field(5.0, gt=0.0, le=600.0)
-    """Hard deadline per completion; a reward that times out or raises scores 0 and is counted."""
+    """Hard deadline: first for a chunk of completions, then, if the chunk overruns, per completion and
+    reward; a reward that times out or raises scores 0 and is counted."""
     num_scorers: int = Field(1, ge=1)
     """Reward scorer actors (``reward-<i>``), each scoring its share of the batch."""
     accuracy_key: str = "exact"
@@ -115,8 +126,15 @@ class RewardConfig(_Section):
 
     @model_validator(mode="after")
     def _known_weights(self) -> RewardConfig:
+        from rewards.registry import REWARD_NAMES  # pure Python, cheap
+
         if not self.weights:
             raise ValueError("reward.weights must name at least one reward")
+        for name in self.weights:
+            if name not in REWARD_NAMES and ":" not in name:
+                raise ValueError(
+                    f"reward.weights: unknown reward {name!r}; use one of {list(REWARD_NAMES)} or module:function"
+                )
         if self.accuracy_key not in self.weights:
             raise ValueError(f"reward.accuracy_key {self.accuracy_key!r} is not one of reward.weights")
         return self

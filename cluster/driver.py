@@ -12,12 +12,13 @@ import json
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor, wait
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from cluster import checkpoint
-from cluster.config import RunConfig, dump_config
+from cluster.config import DataError, RunConfig, dump_config
 from cluster.grpo import dynamic_sampling_mask, group_advantages
 from cluster.metrics import MetricsLogger, plot_run, progress_line
 from cluster.payloads import Rollouts, SamplingSpec, TrainBatch
@@ -29,13 +30,15 @@ SYNC_PROBE_ROWS = 8
 
 def train(cfg: RunConfig, resume: bool = False) -> dict:
     run_dir = cfg.run_dir
+    if not resume:
+        archive_previous_run(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(dump_config(cfg))
     start_ray(cfg)
     base_model = resolve_model(cfg)
     from transformers import AutoTokenizer
 
-    prompts = Prompts(cfg, AutoTokenizer.from_pretrained(base_model))
+    prompts = Prompts(cfg, AutoTokenizer.from_pretrained(base_model, trust_remote_code=cfg.model.trust_remote_code))
     last = checkpoint.latest(run_dir) if resume else None
     state = checkpoint.load_driver_state(last) if last else {"step": 0, "data_position": 0, "evals": []}
     prompts.train.position = state["data_position"]
@@ -95,6 +98,12 @@ def grpo_loop(fleet, prompts: Prompts, cfg: RunConfig, log: MetricsLogger, evals
             row = step_metrics(step, cfg, rollouts, scores, sampled, prompts, train_metrics, sync, t0, t1, t2)
             log.log(row)
             print(progress_line(row, cfg.grpo.steps), flush=True)
+            if scores.error_messages:
+                print(
+                    f"  reward failures ({scores.timeouts} timeouts, {scores.errors} errors), first: "
+                    f"{scores.error_messages[0]}",
+                    flush=True,
+                )
             if cfg.eval_every and step % cfg.eval_every == 0 and more:
                 evals.append(evaluate(fleet, prompts, cfg, step=step))
                 print(f"eval at step {step}: {_eval_text(evals[-1])}", flush=True)
@@ -153,9 +162,13 @@ def _join_groups(groups: list, g: int):
         )
         score_parts.append(Scores(scores.total[rows], {k: v[rows] for k, v in scores.components.items()}))
     totals = Scores.concat(score_parts)
-    first = groups[0][1]
-    totals.timeouts, totals.errors, totals.seconds = first.timeouts, first.errors, first.seconds
-    return Rollouts.concat(parts), totals
+    rounds = list({id(scores): scores for _, scores, _, _ in groups}.values())  # one Scores per sampling round
+    totals.timeouts, totals.errors = sum(r.timeouts for r in rounds), sum(r.errors for r in rounds)
+    totals.seconds = sum(r.seconds for r in rounds)
+    totals.error_messages = [m for r in rounds for m in r.error_messages][:5]
+    joined = Rollouts.concat(parts)
+    joined.gen_seconds = sum({id(r): r.gen_seconds for r, _, _, _ in groups}.values())
+    return joined, totals
 
 
 def step_metrics(step, cfg, rollouts, scores, sampled, prompts, train_metrics, sync, t0, t1, t2) -> dict:
@@ -164,6 +177,8 @@ def step_metrics(step, cfg, rollouts, scores, sampled, prompts, train_metrics, s
     row = {
         "step": step,
         "policy_version": step,
+        "rollout/policy_version": rollouts.policy_version,
+        "rollout/staleness": step - 1 - rollouts.policy_version,
         "reward/mean": float(scores.total.mean()),
         "reward/accuracy": float(scores.components[cfg.reward.accuracy_key].mean()),
         "reward/format": float(np.mean(fmt)),
@@ -187,7 +202,7 @@ def step_metrics(step, cfg, rollouts, scores, sampled, prompts, train_metrics, s
 
 def evaluate(fleet, prompts: Prompts, cfg: RunConfig, step: int) -> dict:
     """Held-out pass@1 sampled at the rollout temperature (averaged over samples), greedy accuracy, format rate."""
-    ids = prompts.encode(prompts.eval)
+    ids = prompts.eval_ids
     n = cfg.data.eval_samples
     results = {"step": step}
     for name, samples, temperature in (("accuracy", n, cfg.rollout.temperature), ("greedy_accuracy", 1, 0.0)):
@@ -241,6 +256,14 @@ def _eval_text(e: dict) -> str:
     return f"pass@1 {e['accuracy']:.3f}  greedy {e['greedy_accuracy']:.3f}  format {e['format_rate']:.3f}"
 
 
+def archive_previous_run(run_dir: Path) -> None:
+    """A fresh run never overwrites an old one: a non-empty run folder is renamed aside first."""
+    if run_dir.is_dir() and any(run_dir.iterdir()):
+        aside = run_dir.with_name(f"{run_dir.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+        run_dir.rename(aside)
+        print(f"previous run moved to {aside} (use --resume {run_dir} to continue a run instead)", flush=True)
+
+
 def resolve_model(cfg: RunConfig) -> str:
     """The base model's path; the builtin one is built (once) under ``<output_dir>/_builtin``."""
     from cluster.demo_model import BUILTIN_NAME, build_base_model
@@ -250,12 +273,16 @@ def resolve_model(cfg: RunConfig) -> str:
             cfg.output_dir,
             digits=cfg.data.digits,
             seed=cfg.seed,
+            eval_size=cfg.data.eval_size,
             steps=cfg.model.builtin_pretrain_steps,
             target_accuracy=cfg.model.builtin_target_accuracy,
         )
         return str(path)
     if cfg.model.path.startswith("builtin:"):
-        raise ValueError(f"model.path: unknown builtin model {cfg.model.path!r}; known: {BUILTIN_NAME!r}")
+        raise DataError(f"model.path: unknown builtin model {cfg.model.path!r}; known: {BUILTIN_NAME!r}")
+    local = cfg.model.path.startswith((".", "/", "~")) or Path(cfg.model.path).exists()
+    if local and not (Path(cfg.model.path).expanduser() / "config.json").is_file():
+        raise DataError(f"model.path: {cfg.model.path} is not a Hugging Face model folder (no config.json)")
     return cfg.model.path
 
 
@@ -273,7 +300,7 @@ def start_ray(cfg: RunConfig) -> None:
         return
     context = ray.init(
         address="local",
-        num_cpus=max(os.cpu_count() or 1, int(np.ceil(required_cpus(cfg)))),
+        num_cpus=cfg.cluster.num_cpus or max(os.cpu_count() or 1, int(np.ceil(required_cpus(cfg)))),
         include_dashboard=True,
         dashboard_host=cfg.cluster.dashboard_host,
         dashboard_port=cfg.cluster.dashboard_port,

@@ -7,6 +7,8 @@ learner rank (each takes its shard of one object-store batch; rank 0 broadcasts 
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import ray
 
@@ -41,7 +43,16 @@ def _split(n: int, parts: int) -> list[slice]:
 class Fleet:
     def __init__(self, cfg: RunConfig, model_path: str, ref_model_path: str, total_steps: int) -> None:
         self.cfg = cfg
+        self.rollouts, self.scorers, self.learners = [], [], []
         self.placement: Placement = create_placement(cfg)
+        try:
+            self._start(model_path, ref_model_path, total_steps)
+        except BaseException:
+            self.shutdown()  # no actors or reserved bundles outlive a failed start
+            raise
+
+    def _start(self, model_path: str, ref_model_path: str, total_steps: int) -> None:
+        cfg = self.cfg
         self.rollouts = [self._rollout(i, model_path) for i in range(cfg.rollout.num_workers)]
         self.scorers = [
             RewardScorer.options(name=f"reward-{i}", num_cpus=SCORER_CPUS).remote(
@@ -69,6 +80,8 @@ class Fleet:
             num_gpus=cfg.rollout.gpus_per_worker,
             resources=cfg.rollout.resources or None,
             scheduling_strategy=self.placement.rollout_slot(index),
+            # vLLM logs every request and weight reload at INFO; keep the driver's console readable.
+            runtime_env={"env_vars": {"VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "ERROR")}},
         ).remote(
             model_path,
             dtype=cfg.model.dtype,
@@ -105,6 +118,7 @@ class Fleet:
                 total_steps=total_steps,
                 seed=cfg.seed,
                 ref_model_path=ref_model_path,
+                trust_remote_code=cfg.model.trust_remote_code,
             )
             for rank in range(cfg.learner.world_size)
         ]
@@ -131,13 +145,13 @@ class Fleet:
 
     def check_sync(self, probe: TrainBatch) -> dict[str, float]:
         """Largest |engine - learner| logprob over the probe's response tokens, on every engine."""
-        learner_lp = ray.get([learner.compute_logprobs.remote(probe) for learner in self.learners])[0]
+        # vLLM computes prompt logprobs without the sampling temperature: compare at T = 1.
+        learner_lp = ray.get([learner.compute_logprobs.remote(probe, temperature=1.0) for learner in self.learners])[0]
         sequences = [
             row[: p + r] for row, p, r in zip(probe.input_ids, probe.prompt_lens, probe.response_lens, strict=True)
         ]
-        temperature = self.cfg.rollout.temperature or 1.0
         worst = 0.0
-        for engine_lp in ray.get([w.prompt_logprobs.remote(sequences, temperature) for w in self.rollouts]):
+        for engine_lp in ray.get([w.prompt_logprobs.remote(sequences) for w in self.rollouts]):
             for i, (lp, p, r) in enumerate(zip(engine_lp, probe.prompt_lens, probe.response_lens, strict=True)):
                 worst = max(worst, float(np.abs(lp[p : p + r] - learner_lp[i, :r]).max(initial=0.0)))
         return {"rollout/logprob_diff_max": worst}

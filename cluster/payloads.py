@@ -6,7 +6,7 @@ dtypes travel as strings.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -94,7 +94,6 @@ class TrainBatch:
     """(B,) float32 group-relative advantages."""
     rollout_logprobs: np.ndarray | None = None
     """(B, R) float32 engine logprobs of the response tokens, for the sync check."""
-    meta: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         b = self.input_ids.shape[0]

@@ -63,6 +63,8 @@ def create_placement(cfg: RunConfig, timeout_s: float = 600.0) -> Placement:
     )
     ready, _ = ray.wait([rollout.ready(), learner.ready()], num_returns=2, timeout=timeout_s)
     if len(ready) < 2:
+        for group in (rollout, learner):  # else the autoscaler keeps asking for nodes for them
+            ray.util.remove_placement_group(group)
         raise RuntimeError(
             f"the Ray cluster could not place the run's actors within {timeout_s:.0f} s: it needs "
             f"{cfg.rollout.num_workers} x {rollout.bundle_specs[0]} for rollout and "

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from cluster.config import RunConfig
+from cluster.config import DataError, RunConfig
 from cluster.tasks import BUILTIN_TASKS, AdditionTask, Example, PromptStream, load_examples
 
 
@@ -19,7 +19,7 @@ class Prompts:
             self.train = PromptStream(None, task, cfg.seed)
             self.eval = task.eval_examples()
         elif data.train.startswith("builtin:"):
-            raise ValueError(f"data.train: unknown builtin task {data.train!r}; known: {list(BUILTIN_TASKS)}")
+            raise DataError(f"data.train: unknown builtin task {data.train!r}; known: {list(BUILTIN_TASKS)}")
         else:
             rows = load_examples(data.train, data.prompt_key, data.answer_key)
             if data.eval:
@@ -29,6 +29,8 @@ class Prompts:
                 rows, held_out = rows[:-cut], rows[-cut:]
             self.train = PromptStream(rows, None, cfg.seed)
             self.eval = held_out[: data.eval_size]
+            self.encode(rows)  # every prompt fits: fail now, not hours into the run
+        self.eval_ids = self.encode(self.eval)
 
     @property
     def think_opened(self) -> bool:
@@ -40,7 +42,7 @@ class Prompts:
         for ex in examples:
             ids = self.tokenizer(self.template.replace("{prompt}", ex.prompt))["input_ids"]
             if len(ids) > self.max_len:
-                raise ValueError(
+                raise DataError(
                     f"prompt of {len(ids)} tokens exceeds model.max_prompt_len={self.max_len}: {ex.prompt[:80]!r}"
                 )
             out.append(np.asarray(ids, dtype=np.int32))

@@ -13,6 +13,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from cluster.config import DataError
+
 BUILTIN_TASKS = ("builtin:addition",)
 
 
@@ -63,7 +65,7 @@ class PromptStream:
 
     def __init__(self, examples: list[Example] | None, task: AdditionTask | None, seed: int) -> None:
         if not examples and task is None:
-            raise ValueError("the training dataset is empty")
+            raise DataError("the training dataset is empty")
         self.examples, self.task, self.seed = examples, task, seed
         self.position = 0
 
@@ -89,22 +91,22 @@ def load_examples(path: str, prompt_key: str, answer_key: str) -> list[Example]:
     """Rows of a local JSONL/JSON/Parquet file; a row without the mapped columns is a clear error."""
     file = Path(path)
     if not file.is_file():
-        raise ValueError(f"data file not found: {path}")
+        raise DataError(f"data file not found: {path}")
     kind = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}.get(file.suffix)
     if kind is None:
-        raise ValueError(f"data file {path}: unsupported extension {file.suffix!r} (use .jsonl, .json or .parquet)")
+        raise DataError(f"data file {path}: unsupported extension {file.suffix!r} (use .jsonl, .json or .parquet)")
     from datasets import load_dataset
 
     rows = load_dataset(kind, data_files=str(file), split="train")
     missing = [k for k in (prompt_key, answer_key) if k not in rows.column_names]
     if missing:
-        raise ValueError(f"data file {path}: missing column(s) {missing}; columns are {rows.column_names}")
+        raise DataError(f"data file {path}: missing column(s) {missing}; columns are {rows.column_names}")
     examples = []
     for i, row in enumerate(rows):
         prompt, answer = row[prompt_key], row[answer_key]
         if not isinstance(prompt, str) or not prompt.strip() or answer is None:
-            raise ValueError(f"data file {path}, row {i}: empty or non-text {prompt_key!r} or missing {answer_key!r}")
+            raise DataError(f"data file {path}, row {i}: empty or non-text {prompt_key!r} or missing {answer_key!r}")
         examples.append(Example(prompt, str(answer)))
     if not examples:
-        raise ValueError(f"data file {path} has no rows")
+        raise DataError(f"data file {path} has no rows")
     return examples

@@ -144,12 +144,16 @@ class GlooTrainerWeightTransferEngine(TrainerWeightTransferEngine[GlooTrainerIni
         engine = cls(client=client, source=source, is_sender=init_info.is_sender)
         if not engine.is_sender:
             return engine
+        # rank_offset 1 (after the learner) for a single engine; RolloutFanoutClient sets one per engine.
         worker_info = GlooInitInfo(init_info.master_address, init_info.master_port, 1, init_info.world_size)
         # Engines block in init until every rank of the group has joined, so run them beside us.
-        with ThreadPoolExecutor(max_workers=1) as pool:
+        pool = ThreadPoolExecutor(max_workers=1)
+        try:
             pending = pool.submit(client.init_weight_transfer_engine, asdict(worker_info))
             engine.group = _open_group(init_info.master_address, init_info.master_port, 0, init_info.world_size)
             pending.result()
+        finally:
+            pool.shutdown(wait=False)  # if our side failed, the engines wait at the rendezvous: do not join them
         return engine
 
     def send_weights(self) -> None:

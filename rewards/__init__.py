@@ -6,8 +6,9 @@ Every reward maps ``(completion, gold_answer)`` to a float; ``rewards.registry``
     total, parts = WeightedReward({"accuracy": 1.0, "format": 0.1})(completion, gold_answer)
 
 Scripts that call ``accuracy_reward`` need the ``if __name__ == "__main__":`` guard: its math-verify
-workers are started with multiprocessing's "spawn" method, which re-imports the main module. A scorer
-calls ``rewards.math.warm_up(n_threads)`` once so that worker start-up never eats a call's deadline.
+workers are started with multiprocessing's "spawn" method, which re-imports the main module. A service
+that calls it directly can ``rewards.math.warm_up()`` once so that worker start-up never eats a call's
+deadline (r1ray's scorer runs whole rewards in its own deadline workers instead).
 """
 
 from rewards.countdown import countdown_answer, countdown_reward

@@ -9,8 +9,9 @@ be killed, from any thread, so ``DeadlineExecutor.run`` sends the call to one, w
         pool.run(pow, 9, 9**9, timeout=1.0)  # Outcome(value=None, status="timeout", error="...")
         pool.run(pow, 2, 10, timeout=1.0)  # Outcome(value=1024, status="ok", error=None)
 
-Workers start lazily with the "spawn" method (callers are multi-threaded Ray actors, where fork is
-unsafe) and are reused; each concurrent caller gets its own (at most ``max_workers`` when given).
+Workers start lazily with the "spawn" method by default, or "forkserver" (callers are multi-threaded
+Ray actors, where a plain fork is unsafe), and are reused; each concurrent caller gets its own
+(at most ``max_workers`` when given).
 """
 
 from __future__ import annotations

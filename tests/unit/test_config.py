@@ -50,6 +50,10 @@ def test_override_sets_nested_values_as_yaml():
         (["name=a/b"], "name"),
         (["grpo.steps"], "expected dotted.key=value"),
         (["grpo.steps.x=1"], "grpo.steps"),
+        (["reward.weights={exatc: 1.0, exact: 1.0}"], "unknown reward 'exatc'"),
+        (["data.digits=1"], "data.eval_size"),
+        (["rollout.temperature=0"], "rollout.temperature"),
+        (["model.builtin_pretrain_steps=0"], "model.builtin_pretrain_steps"),
     ],
 )
 def test_bad_values_name_the_field(overrides, needle):
@@ -110,3 +114,26 @@ def test_help_does_not_import_heavy_modules():
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=Path(__file__).parents[2]
     )
     assert proc.stdout.strip() == "[]"
+
+
+def test_resume_without_a_checkpoint_is_a_clear_error(tmp_path):
+    run = tmp_path / "r"
+    run.mkdir()
+    (run / "config.yaml").write_text("name: r\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "cluster", "train", "--resume", str(run)], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 2
+    assert "no complete checkpoint" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_fresh_run_moves_an_old_one_aside(tmp_path):
+    from cluster.driver import archive_previous_run
+
+    run = tmp_path / "demo"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "metrics.jsonl").write_text("{}\n")
+    archive_previous_run(run)
+    assert not run.exists()
+    (moved,) = tmp_path.glob("demo-*")
+    assert (moved / "metrics.jsonl").read_text() == "{}\n"

@@ -72,26 +72,28 @@ def _cfg(dynamic: bool, rounds: int = 3) -> RunConfig:
 
 def test_without_dynamic_sampling_every_group_is_kept():
     cfg = _cfg(False)
-    rollouts, scores, answers, sampled = collect(ScriptedFleet(), _prompts(cfg, ["1=", "2=", "1=", "2="]), cfg)
-    assert sampled == 4 and rollouts.num_completions == 16 and len(answers) == 16
+    rollouts, scores, sampled, position = collect(ScriptedFleet(), _prompts(cfg, ["1=", "2=", "1=", "2="]), cfg)
+    assert sampled == 4 and position == 4 and rollouts.num_completions == 16 and len(scores.total) == 16
 
 
 def test_dynamic_sampling_refills_with_informative_groups():
     cfg = _cfg(True)
     sequence = ["1=", "2=", "2=", "1=", "1=", "2=", "1=", "2=", "2=", "2="]
     prompts = _prompts(cfg, sequence)
-    rollouts, scores, _, sampled = collect(ScriptedFleet(), prompts, cfg)
+    prompts.train.position = 0
+    rollouts, scores, sampled, position = collect(ScriptedFleet(), prompts, cfg)
     groups = scores.total.reshape(4, 4)
     assert (groups.std(axis=1) > 0).all(), "an all-equal group slipped in"
     # round 1 draws 4 (2 informative), round 2 draws the 2 missing (1), round 3 the last one
-    assert sampled == 7 and prompts.train.position == 7
+    assert sampled == 7 and position == 7
 
 
 @pytest.mark.parametrize("rounds", [1, 2])
 def test_dynamic_sampling_pads_with_flat_groups_when_rounds_run_out(rounds):
     cfg = _cfg(True, rounds)
     prompts = _prompts(cfg, ["2=", "1=", "2=", "2="] * 3)
-    rollouts, scores, _, sampled = collect(ScriptedFleet(), prompts, cfg)
+    rollouts, scores, sampled, _ = collect(ScriptedFleet(), prompts, cfg)
     assert rollouts.num_completions == 16, "the batch keeps its configured size"
+    assert sampled == 4 + 3 * (rounds - 1)
     informative = int((scores.total.reshape(4, 4).std(axis=1) > 0).sum())
     assert informative == rounds

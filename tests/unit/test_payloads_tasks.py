@@ -137,3 +137,13 @@ def test_missing_or_unsupported_file(tmp_path):
     (tmp_path / "x.csv").write_text("q,a\n")
     with pytest.raises(ValueError, match="unsupported"):
         load_examples(str(tmp_path / "x.csv"), "q", "a")
+
+
+def test_parquet_dataset(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "d.parquet"
+    pq.write_table(pa.table({"question": ["1+1=", "2+2="], "gold": [2, 4]}), path)
+    rows = load_examples(str(path), "question", "gold")
+    assert [(r.prompt, r.answer) for r in rows] == [("1+1=", "2"), ("2+2=", "4")]
