@@ -166,12 +166,16 @@ class LearnerRank:
                 step_metrics = self._optimizer_step(shard, rows, old, ref, first_pass if epoch == 0 else None)
                 for key, value in step_metrics.items():
                     totals[key] = totals.get(key, 0.0) + value
+        # The learner's logprobs before its first update of this step (the first mini-batch's forward,
+        # or the separate forward) against the engine's: equal when the broadcast worked.
+        before = slice(0, mini_size)
         first_pass = torch.cat([_pad_to(lp, shard.max_response_len) for lp in first_pass])
+        if old is not None and not self._old_from_engine(shard):
+            metrics = self._sync_check(shard, old)
+        else:
+            metrics = self._sync_check(shard.select(before), first_pass[before])
         if self.grpo.async_rollouts:  # stale by one update by design: a measure of off-policyness, not of sync
-            metrics = self._sync_check(shard, first_pass)
             metrics = {k.replace("logprob_diff", "offpolicy_logprob_diff"): v for k, v in metrics.items()}
-        else:  # the learner's logprobs before this step's first update against the engine's
-            metrics = self._sync_check(shard, first_pass if old is None else old)
         updates = self.grpo.epochs * self.grpo.mini_batches
         metrics.update({key: value / updates for key, value in totals.items()})
         tokens = float(shard.response_lens.sum()) * self.grpo.epochs
@@ -179,13 +183,16 @@ class LearnerRank:
         metrics["lr"] = self.scheduler.get_last_lr()[0]
         return metrics
 
+    def _old_from_engine(self, shard: TrainBatch) -> bool:
+        return shard.rollout_logprobs is not None and (self.grpo.old_logprobs == "rollout" or self.grpo.async_rollouts)
+
     def _old_logprobs(self, shard: TrainBatch) -> torch.Tensor:
-        """The behaviour policy's logprobs: the engine's in async mode (it sampled with older weights),
-        else this model's before the first update of the step."""
-        if self.grpo.async_rollouts:
-            if shard.rollout_logprobs is None:
-                raise ValueError("grpo.async_rollouts needs the engine's logprobs in the batch")
+        """The behaviour policy's logprobs for the clipped ratio: the engine's (the distribution the
+        samples really came from, at no cost), or a forward of this model before the step's first update."""
+        if self._old_from_engine(shard):
             return _pad_to(torch.tensor(shard.rollout_logprobs), shard.max_response_len)
+        if self.grpo.async_rollouts:
+            raise ValueError("grpo.async_rollouts needs the engine's logprobs in the batch")
         return torch.as_tensor(self.compute_logprobs(shard))
 
     def _optimizer_step(

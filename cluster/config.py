@@ -165,6 +165,9 @@ class GRPOConfig(_Section):
     """DAPO: drop groups whose rewards are all equal and draw more prompts to refill the batch."""
     max_sampling_rounds: int = Field(3, ge=1)
     """With dynamic sampling, at most this many generate rounds per step."""
+    old_logprobs: Literal["rollout", "learner"] = "rollout"
+    """Behaviour-policy logprobs of the clipped ratio when a batch takes several updates: the engine's
+    (exactly the sampling distribution, free) or a learner forward before the first update."""
     async_rollouts: bool = False
     """Generate the next batch with the current weights while the learner trains on this one (one step
     off-policy; the engine's logprobs are the behaviour policy of the clipped ratio)."""
