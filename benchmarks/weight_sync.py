@@ -15,7 +15,7 @@ import statistics
 import tempfile
 from pathlib import Path
 
-SIZES = {"tiny": {"hidden": 128, "layers": 4}, "100m": {"hidden": 768, "layers": 14}}
+SIZES = {"tiny": {"hidden": 128, "layers": 4}, "100m": {"hidden": 768, "layers": 11}}
 
 
 def bench(name: str, rounds: int, workdir: Path) -> dict:
