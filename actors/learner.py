@@ -350,10 +350,6 @@ class LearnerRank:
         self.scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["rng"][self.rank])
 
-    def shutdown(self) -> None:
-        if dist.is_initialized():
-            dist.destroy_process_group()
-
 
 def _pad_to(x: torch.Tensor, width: int) -> torch.Tensor:
     return torch.nn.functional.pad(x, (0, max(0, width - x.shape[1])))[:, :width]

@@ -9,7 +9,6 @@ Real datasets are local JSONL / JSON / Parquet files read with Hugging Face ``da
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -81,10 +80,6 @@ class PromptStream:
         batch = [self._example(self.position + i) for i in range(n)]
         self.position += n
         return batch
-
-    def __iter__(self) -> Iterator[Example]:
-        while True:
-            yield from self.take(1)
 
 
 def load_examples(path: str, prompt_key: str, answer_key: str) -> list[Example]:
