@@ -83,9 +83,7 @@ class RolloutEngine:
             if params.detokenize
             else self.tokenizer.batch_decode([list(c.token_ids) for c in completions], skip_special_tokens=True)
         )
-        return _to_rollouts(
-            prompt_ids, group_size, completions, texts, sampling.logprobs, self.policy_version, start
-        )
+        return _to_rollouts(prompt_ids, group_size, completions, texts, sampling.logprobs, self.policy_version, start)
 
     def prompt_logprobs(self, sequences: list[np.ndarray]) -> list[np.ndarray]:
         """The engine's logprob (at temperature 1: vLLM applies no sampling processors to prompt tokens) of

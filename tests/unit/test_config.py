@@ -156,4 +156,3 @@ def test_rollout_engine_placement(overrides, in_actor):
     env = rollout_env(load_config(None, ["rollout.cpus_per_worker=2", *overrides]))
     assert (env.get("VLLM_ENABLE_V1_MULTIPROCESSING") == "0") is in_actor
     assert (env.get("OMP_NUM_THREADS") == "2") is in_actor
-
