@@ -46,6 +46,7 @@ class RolloutEngine:
             # Logprobs of the distribution actually sampled from (after temperature), which is
             # what the learner computes with logits / T.
             logprobs_mode="processed_logprobs",
+            use_tqdm_on_load=False,
             weight_transfer_config=WeightTransferConfig(backend=weight_sync) if weight_sync else None,
         )
         self.tensor_parallel_size = tensor_parallel_size

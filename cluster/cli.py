@@ -81,8 +81,11 @@ def main(argv: list[str] | None = None) -> int:
         from cluster.submit import submit
 
         return submit(args.address, args.config, args.overrides, args.working_dir, wait=not args.no_wait)
+    import os
     import signal
 
+    # One line per step on the console: no progress bars from Hugging Face downloads/loads/saves.
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     from cluster.driver import train
 
     def stop(signum, frame):

@@ -35,10 +35,20 @@ def weight_sync_backend(cfg: RunConfig) -> str:
     return "nccl" if cfg.learner.gpus_per_rank and cfg.rollout.gpus_per_worker else "gloo"
 
 
+def actor_env() -> dict[str, str]:
+    """Environment of every rollout and learner actor: their output reaches the driver's console,
+    which should show one line per step, not library progress bars and deprecation notices."""
+    return {
+        # vLLM logs every request and weight reload at INFO.
+        "VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "ERROR"),
+        "HF_HUB_DISABLE_PROGRESS_BARS": os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS", "1"),
+        "PYTHONWARNINGS": os.environ.get("PYTHONWARNINGS", "ignore::FutureWarning"),
+    }
+
+
 def rollout_env(cfg: RunConfig) -> dict[str, str]:
     """Environment of a rollout actor's process."""
-    # vLLM logs every request and weight reload at INFO; keep the driver's console readable.
-    env = {"VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "ERROR")}
+    env = actor_env()
     in_actor = cfg.rollout.engine_in_actor
     if in_actor is None:
         in_actor = cfg.rollout.gpus_per_worker == 0
@@ -118,6 +128,7 @@ class Fleet:
                 num_gpus=cfg.learner.gpus_per_rank,
                 resources=cfg.learner.resources or None,
                 scheduling_strategy=self.placement.learner_slot(rank),
+                runtime_env={"env_vars": actor_env()},
             ).remote(
                 rank,
                 cfg.learner.world_size,
