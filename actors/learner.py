@@ -65,7 +65,7 @@ class LearnerRank:
                 backend, init_method=f"tcp://{master_addr}:{master_port}", rank=rank, world_size=world_size
             )
         torch.manual_seed(seed + rank)
-        # Ray pins OMP_NUM_THREADS to 1 in actors; use the CPUs this rank reserved.
+        # One torch thread per CPU this rank reserved (at least one).
         torch.set_num_threads(max(1, int(learner.cpus_per_rank)))
         # Tokenizer and config come from the base model: model_path may be a checkpoint that rotation deletes.
         self.base_path = ref_model_path or model_path
@@ -106,7 +106,7 @@ class LearnerRank:
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Logits predicting each response token, the tokens, and the response mask, all (B, R, ...)."""
         # Only as wide as this micro-batch's longest sequence: padding columns cost a full forward.
-        used = max(1, int((batch.prompt_lens + batch.response_lens).max()))
+        used = min(batch.input_ids.shape[1], max(2, int((batch.prompt_lens + batch.response_lens).max())))
         ids = torch.tensor(batch.input_ids[:, :used], device=self.device)
         prompt = torch.tensor(batch.prompt_lens, device=self.device)
         resp = torch.tensor(batch.response_lens, device=self.device)

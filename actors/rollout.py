@@ -54,12 +54,15 @@ class RolloutEngine:
         self.tokenizer = self.llm.get_tokenizer()
 
     def _stop_params(self, stop: tuple[str, ...]) -> dict[str, Any]:
-        """How to stop at ``stop``. When every stop string is one added token of the tokenizer (the
-        demo's ``</answer>``; ``</think>`` in R1-style tokenizers) stop on its id and skip vLLM's
-        per-token detokenization; the texts are decoded once at the end instead."""
-        added = self.tokenizer.get_added_vocab() if hasattr(self.tokenizer, "get_added_vocab") else {}
-        if stop and all(s in added for s in stop):
-            return {"stop_token_ids": [added[s] for s in stop], "detokenize": False}
+        """How to stop at ``stop``. When every stop string is one added, non-special token of the
+        tokenizer (the demo's ``</answer>``; ``</think>`` in R1-style tokenizers), stop on its id and
+        skip vLLM's per-token detokenization; the texts are decoded once at the end instead. This
+        assumes the model writes such a tag as that token, as it was trained to: spelled out in
+        pieces it would not stop there (vLLM's stop-string matching, the other path, would)."""
+        added = getattr(self.tokenizer, "added_tokens_decoder", {})
+        plain = {tok.content: i for i, tok in added.items() if not tok.special}
+        if stop and all(s in plain for s in stop):
+            return {"stop_token_ids": [plain[s] for s in stop], "detokenize": False}
         return {"stop": list(stop), "include_stop_str_in_output": True}
 
     def generate(self, prompt_ids: list[np.ndarray], group_size: int, sampling: SamplingSpec) -> Rollouts:
@@ -82,7 +85,11 @@ class RolloutEngine:
         texts = (
             [c.text for c in completions]
             if params.detokenize
-            else self.tokenizer.batch_decode([list(c.token_ids) for c in completions], skip_special_tokens=True)
+            else self.tokenizer.batch_decode(
+                [list(c.token_ids) for c in completions],
+                skip_special_tokens=True,  # as vLLM's detokenizer
+                clean_up_tokenization_spaces=False,
+            )
         )
         return _to_rollouts(prompt_ids, group_size, completions, texts, sampling.logprobs, self.policy_version, start)
 

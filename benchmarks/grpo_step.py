@@ -94,16 +94,16 @@ def main() -> None:
     for label, in_actor in (("in actor", True), ("children", False)):
         r = results[label] = bench(in_actor, args.steps, args.warmup)
         print(
-            f"engine {label:>8}: step {r['step_s']:.2f} s = rollout {r['rollout_s']:.2f} + train {r['train_s']:.2f}"
-            f" + sync {r['sync_s']:.2f} (+ scoring, batching) | rollout processes' CPU while the learner"
+            f"engine {label:>8}: step {r['step_s']:.2f} s = sample+score {r['rollout_s']:.2f} + train"
+            f" {r['train_s']:.2f} + sync {r['sync_s']:.2f} | rollout processes' CPU while the learner"
             f" trains: {r['idle_cpu_s']:.2f} core-s",
             flush=True,
         )
     ray.shutdown()
     a, c = results["in actor"], results["children"]
     print(
-        f"children / in actor: step x{c['step_s'] / a['step_s']:.2f}, rollout x{c['rollout_s'] / a['rollout_s']:.2f},"
-        f" train x{c['train_s'] / a['train_s']:.2f}"
+        f"children / in actor: step x{c['step_s'] / a['step_s']:.2f},"
+        f" sample+score x{c['rollout_s'] / a['rollout_s']:.2f}, train x{c['train_s'] / a['train_s']:.2f}"
     )
 
 

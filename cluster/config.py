@@ -110,9 +110,10 @@ class RolloutConfig(_Section):
     enforce_eager: bool = True
     """Skip CUDA-graph / compile warm-up; faster start, slower decoding on GPUs."""
     engine_in_actor: bool | None = None
-    """Run vLLM's engine core and model inside the rollout actor's process instead of in two child
-    processes. ``None``: yes on CPU, where the children's shared-memory queues busy-poll for a second
-    after every message and so take cores from the learner between rollouts; no on GPUs."""
+    """Run vLLM's engine core (and, without tensor parallelism, the model) inside the rollout actor's
+    process instead of in child processes. ``None``: yes on CPU, where the children's shared-memory
+    queues busy-poll after every message and so take cores from the learner between rollouts; no on
+    GPUs. With tensor parallelism vLLM still starts one worker process per GPU."""
     seed: int = 0
     """Engine seed; worker ``i`` uses ``seed + i``. Reproducibility comes from it plus request order."""
 

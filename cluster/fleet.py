@@ -54,7 +54,7 @@ def rollout_env(cfg: RunConfig) -> dict[str, str]:
         in_actor = cfg.rollout.gpus_per_worker == 0
     if in_actor:
         env["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
-        # Ray sets OMP_NUM_THREADS=1 in actors; the model runs in this process, on the CPUs it reserved.
+        # The model runs in this process: one thread per CPU the actor reserved (at least one).
         env["OMP_NUM_THREADS"] = str(max(1, int(cfg.rollout.cpus_per_worker)))
     return env
 

@@ -2,14 +2,19 @@
 
 Formulas follow DeepSeekMath (GRPO: group-normalised advantages, clipped surrogate, k3 KL to a reference
 policy), DAPO (asymmetric "clip-higher", token-level loss, dynamic sampling) and Dr. GRPO (no std
-scaling, constant length normaliser). Nothing here knows about Ray or models, so the learner calls
-these and `tests/unit/test_grpo.py` checks them on CPU against loop implementations of the papers.
+scaling, constant length normaliser), with two optional guards from PPO practice (dual clip, a cap
+on each token's k3 term; r1ray's config turns both on, as verl does). Nothing here knows about Ray or
+models, so the learner calls these and `tests/unit/test_grpo.py` checks them on CPU against loop
+implementations of the papers.
 """
 
 import torch
 from torch import Tensor
 
 LOSS_AGGS = ("seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm")
+# Log-ratios are clamped to +-this before exp(): beyond it the loss would be finite but exp's backward
+# (inf * 0) would make the gradient NaN. e^20 is already far past every clip and cap.
+MAX_LOG_RATIO = 20.0
 
 
 def _grouped(rewards: Tensor, group_size: int) -> Tensor:
@@ -157,14 +162,16 @@ def policy_loss(
     `kl = exp(ref - lp) - (ref - lp) - 1`. Two optional guards against single-token blow-ups when the
     batch is off-policy (several mini-batches, stale rollouts): `clip_ratio_c` is dual-clip PPO (Ye et
     al. 2020): for A < 0 the token's loss is at most `clip_ratio_c * |A|`, so a huge ratio on a bad token
-    cannot dominate the step; `kl_max` caps each token's k3 term (k3 grows like exp(ref - lp) when the
-    policy has all but ruled out a token the reference likes). A capped token gives no gradient through
-    that term. `loss_agg` picks how tokens become one scalar (see LOSS_AGGS):
-    per-sequence token mean then sequence mean (GRPO), mean over all tokens (DAPO), or per-sequence token
-    sum over `max_tokens` then sequence mean (Dr. GRPO). Gradients flow only into `logprobs`.
+    cannot dominate the step; `kl_max` caps each token's k3 term (k3 grows like exp(ref - lp): it is
+    10 at ref - lp = 2.5 nats, ~20000 at 10), and a capped token gives no gradient through that term.
+    Both log-ratios are clamped to +-MAX_LOG_RATIO before exp.
 
-    Metrics: `loss` and `pg_loss` use `loss_agg`; `kl`, `clip_frac`, `dual_clip_frac`, `ratio_mean` and
-    `ratio_max` are
+    `loss_agg` picks how tokens become one scalar (see LOSS_AGGS): per-sequence token mean then sequence
+    mean (GRPO), mean over all tokens (DAPO), or per-sequence token sum over `max_tokens` then sequence
+    mean (Dr. GRPO). Gradients flow only into `logprobs`.
+
+    Metrics: `loss` and `pg_loss` use `loss_agg`; `kl` (uncapped), `kl_capped_frac`, `clip_frac`,
+    `dual_clip_frac`, `ratio_mean` and `ratio_max` are
     over masked tokens (0 when there are none).
     """
     _check_loss_inputs(
@@ -189,7 +196,7 @@ def policy_loss(
     old = torch.where(bool_mask, _as_float(old_logprobs.detach()), 0.0)
     adv = _as_float(advantages.detach()).unsqueeze(-1)
 
-    ratio = torch.exp(lp - old)
+    ratio = torch.exp(torch.clamp(lp - old, -MAX_LOG_RATIO, MAX_LOG_RATIO))
     unclipped = ratio * adv
     clipped = torch.clamp(ratio, 1 - clip_low, 1 + clip_high) * adv
     pg = -torch.minimum(unclipped, clipped)
@@ -199,13 +206,12 @@ def policy_loss(
         dual_clipped = (adv < 0) & (pg > cap)
         pg = torch.where(dual_clipped, cap.expand_as(pg), pg)
     if ref_logprobs is None:
-        kl = torch.zeros_like(lp)
+        kl = kl_raw = torch.zeros_like(lp)
     else:
         ref = torch.where(bool_mask, _as_float(ref_logprobs.detach()), 0.0)
-        log_ratio_ref = ref - lp
-        kl = torch.exp(log_ratio_ref) - log_ratio_ref - 1
-        if kl_max is not None:
-            kl = torch.clamp(kl, max=kl_max)
+        log_ratio_ref = torch.clamp(ref - lp, -MAX_LOG_RATIO, MAX_LOG_RATIO)
+        kl_raw = torch.exp(log_ratio_ref) - log_ratio_ref - 1
+        kl = kl_raw if kl_max is None else torch.clamp(kl_raw, max=kl_max)
     loss = _aggregate(pg + kl_coef * kl, float_mask, loss_agg, max_tokens)
 
     with torch.no_grad():
@@ -213,7 +219,9 @@ def policy_loss(
         metrics = {
             "loss": loss.item(),
             "pg_loss": _aggregate(pg, float_mask, loss_agg, max_tokens).item(),
-            "kl": masked_mean(kl, bool_mask).item(),
+            # The estimate itself, uncapped: the cap shapes the gradient, not what is reported.
+            "kl": masked_mean(kl_raw, bool_mask).item(),
+            "kl_capped_frac": masked_mean((kl < kl_raw).float(), bool_mask).item(),
             "clip_frac": masked_mean((clipped < unclipped).float(), bool_mask).item(),
             "dual_clip_frac": masked_mean(dual_clipped.float(), bool_mask).item(),
             "ratio_mean": masked_mean(ratio, bool_mask).item(),

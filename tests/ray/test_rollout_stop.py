@@ -34,7 +34,8 @@ def engine(ray_cluster, tied_model):
 )
 def test_completions_end_exactly_at_the_stop_string(engine, stop, fast_path):
     tok = build_tokenizer()
-    assert (stop in tok.get_added_vocab()) is fast_path
+    params = ray.get(engine.__ray_call__.remote(lambda self: self._stop_params((stop,))))
+    assert ("stop_token_ids" in params) is fast_path and params.get("detokenize", True) is not fast_path
     prompts = [np.array(tok.encode(f"{100 + 7 * i}+{200 + i}="), dtype=np.int32) for i in range(8)]
     # A random model: about half of 16-token completions draw the stop token somewhere.
     out = ray.get(engine.generate.remote(prompts, 4, SamplingSpec(max_tokens=16, stop=(stop,))))
