@@ -52,6 +52,8 @@ class RolloutEngine:
         self.tensor_parallel_size = tensor_parallel_size
         self.policy_version = 0
         self.tokenizer = self.llm.get_tokenizer()
+        added = getattr(self.tokenizer, "added_tokens_decoder", {})
+        self._plain_added = {tok.content: i for i, tok in added.items() if not tok.special}
 
     def _stop_params(self, stop: tuple[str, ...]) -> dict[str, Any]:
         """How to stop at ``stop``. When every stop string is one added, non-special token of the
@@ -59,8 +61,7 @@ class RolloutEngine:
         skip vLLM's per-token detokenization; the texts are decoded once at the end instead. This
         assumes the model writes such a tag as that token, as it was trained to: spelled out in
         pieces it would not stop there (vLLM's stop-string matching, the other path, would)."""
-        added = getattr(self.tokenizer, "added_tokens_decoder", {})
-        plain = {tok.content: i for i, tok in added.items() if not tok.special}
+        plain = self._plain_added
         if stop and all(s in plain for s in stop):
             return {"stop_token_ids": [plain[s] for s in stop], "detokenize": False}
         return {"stop": list(stop), "include_stop_str_in_output": True}

@@ -60,7 +60,9 @@ def bench(in_actor: bool, steps: int, warmup: int) -> dict[str, float]:
     fleet = Fleet(cfg, model, model, total_steps=steps + warmup)
     try:
         rollout_pid = ray.get(fleet.rollouts[0].__ray_call__.remote(lambda _: os.getpid()))
-        phases: dict[str, list[float]] = {k: [] for k in ("rollout_s", "train_s", "sync_s", "step_s", "idle_cpu_s")}
+        phases: dict[str, list[float]] = {
+            k: [] for k in ("sample_score_s", "train_s", "sync_s", "step_s", "idle_cpu_s")
+        }
         for step in range(1, steps + warmup + 1):
             t0 = time.perf_counter()
             rollouts, scores, _, _ = collect(fleet, prompts, cfg)
@@ -94,7 +96,7 @@ def main() -> None:
     for label, in_actor in (("in actor", True), ("children", False)):
         r = results[label] = bench(in_actor, args.steps, args.warmup)
         print(
-            f"engine {label:>8}: step {r['step_s']:.2f} s = sample+score {r['rollout_s']:.2f} + train"
+            f"engine {label:>8}: step {r['step_s']:.2f} s = sample+score {r['sample_score_s']:.2f} + train"
             f" {r['train_s']:.2f} + sync {r['sync_s']:.2f} | rollout processes' CPU while the learner"
             f" trains: {r['idle_cpu_s']:.2f} core-s",
             flush=True,
@@ -103,7 +105,7 @@ def main() -> None:
     a, c = results["in actor"], results["children"]
     print(
         f"children / in actor: step x{c['step_s'] / a['step_s']:.2f},"
-        f" sample+score x{c['rollout_s'] / a['rollout_s']:.2f}, train x{c['train_s'] / a['train_s']:.2f}"
+        f" sample+score x{c['sample_score_s'] / a['sample_score_s']:.2f}, train x{c['train_s'] / a['train_s']:.2f}"
     )
 
 

@@ -166,8 +166,9 @@ class GRPOConfig(_Section):
     kl_coef: float = Field(0.01, ge=0.0)
     """Weight of the k3 KL penalty to the frozen reference model; 0 skips the reference model."""
     kl_max: float | None = Field(10.0, gt=0.0)
-    """Cap on each token's k3 KL term (None: no cap). k3 grows like exp(ref - lp), so one token the
-    policy has all but ruled out can otherwise outweigh the whole batch's gradient."""
+    """Cap on each token's k3 KL term in the loss (None: no cap); a capped token gets no KL gradient.
+    k3 grows like exp(ref - lp) (10 at 2.5 nats, ~20000 at 10), so without a cap one token the policy
+    has pushed far below the reference can outweigh the whole batch's gradient."""
     loss_agg: Literal["seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm"] = "seq-mean-token-mean"
     """Loss aggregation: GRPO paper, DAPO, or Dr. GRPO."""
     scale_advantages: bool = True

@@ -1,6 +1,6 @@
 """Stopping at a stop string, on both of the rollout engine's paths.
 
-A stop string that is one added token of the tokenizer (the demo's ``</answer>``) becomes a stop token
+A stop string that is one added, non-special token of the tokenizer (the demo's ``</answer>``) becomes a stop token
 id and vLLM skips detokenizing while sampling; any other stop string goes through vLLM's stop-string
 matching. Both must give the same kind of output: the text ends with the stop string exactly when the
 completion stopped on it, and the text is the decoding of the completion's tokens.
