@@ -2,9 +2,10 @@
 
 ``LearnerRank`` is the plain class; ``PolicyLearner`` its Ray actor, named ``learner-<rank>``.
 W ranks form one torch.distributed group (gloo on CPU, NCCL on GPU). Every rank receives the whole
-``TrainBatch`` (one object-store reference) and trains on its contiguous slice; losses are scaled
-so that W ranks take exactly the step one rank would take on the whole batch. Rank 0 is the send
-side of the weight broadcast to the rollout engines.
+``TrainBatch`` (one object-store reference) and an ``Objective`` (``cluster/algo``: GRPO, SFT) and
+trains on its slice; the learner computes the response tokens' logprobs, the objective the loss,
+scaled so that W ranks take exactly the step one rank would take on the whole batch. Rank 0 is the
+send side of the weight broadcast to the rollout engines.
 """
 
 from __future__ import annotations
@@ -19,9 +20,10 @@ import torch
 import torch.distributed as dist
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
-from cluster import grpo
-from cluster.config import GRPOConfig, LearnerConfig
-from cluster.payloads import TrainBatch
+from cluster.algo.grpo import entropy_from_logits, token_logprobs
+from cluster.algo.objective import LossInputs, Objective
+from cluster.config import LearnerConfig
+from cluster.payloads import LearnerSpec, TrainBatch
 
 
 def lr_lambda(cfg: LearnerConfig, total_steps: int):
@@ -38,45 +40,30 @@ def lr_lambda(cfg: LearnerConfig, total_steps: int):
 
 
 class LearnerRank:
-    def __init__(
-        self,
-        rank: int,
-        world_size: int,
-        model_path: str,
-        learner: LearnerConfig,
-        grpo_cfg: GRPOConfig,
-        *,
-        master_addr: str,
-        master_port: int,
-        temperature: float = 1.0,
-        max_response_len: int = 48,
-        total_steps: int = 1,
-        seed: int = 0,
-        ref_model_path: str | None = None,
-        trust_remote_code: bool = False,
-    ) -> None:
-        self.rank, self.world_size = rank, world_size
-        self.cfg, self.grpo = learner, grpo_cfg
-        self.temperature, self.max_response_len = temperature, max_response_len
-        self.device = torch.device("cuda", 0) if learner.gpus_per_rank else torch.device("cpu")
+    def __init__(self, spec: LearnerSpec) -> None:
+        self.rank, self.world_size = spec.rank, spec.world_size
+        self.cfg = cfg = spec.config
+        self.device = torch.device("cuda", 0) if cfg.gpus_per_rank else torch.device("cpu")
         if not dist.is_initialized():
             backend = "nccl" if self.device.type == "cuda" else "gloo"
             dist.init_process_group(
-                backend, init_method=f"tcp://{master_addr}:{master_port}", rank=rank, world_size=world_size
+                backend,
+                init_method=f"tcp://{spec.master_addr}:{spec.master_port}",
+                rank=spec.rank,
+                world_size=spec.world_size,
             )
-        torch.manual_seed(seed + rank)
+        torch.manual_seed(spec.seed + spec.rank)
         # One torch thread per CPU this rank reserved (at least one).
-        torch.set_num_threads(max(1, int(learner.cpus_per_rank)))
+        torch.set_num_threads(max(1, int(cfg.cpus_per_rank)))
         # Tokenizer and config come from the base model: model_path may be a checkpoint that rotation deletes.
-        self.base_path = ref_model_path or model_path
-        self.trust_remote_code = trust_remote_code
-        self.model = self._load_sharded(model_path, trainable=True)
-        self.ref = self._load_sharded(self.base_path, trainable=False) if grpo_cfg.kl_coef > 0 else None
+        self.base_path = spec.base_path
+        self.trust_remote_code = spec.trust_remote_code
+        self.model = self._load_sharded(spec.model_path, trainable=True)
+        self.ref = self._load_sharded(self.base_path, trainable=False) if spec.reference else None
         self.optimizer = torch.optim.AdamW(
-            self.model.parameters(), lr=learner.lr, betas=learner.betas, weight_decay=learner.weight_decay
+            self.model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay
         )
-        optimizer_steps = total_steps * grpo_cfg.epochs * grpo_cfg.mini_batches
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(learner, optimizer_steps))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg, spec.optimizer_steps))
         self.weight_sender = None
         self.sync_client = None
 
@@ -121,20 +108,17 @@ class LearnerRank:
         return picked, ids.gather(1, target_pos), mask
 
     @torch.no_grad()
-    def compute_logprobs(
-        self, batch: TrainBatch, reference: bool = False, temperature: float | None = None
-    ) -> np.ndarray:
-        """Per-response-token logprobs (B, R) of this rank's model (or the reference), 0 on padding.
-
-        ``temperature`` defaults to the sampling temperature the engines use."""
+    def compute_logprobs(self, batch: TrainBatch, *, temperature: float, reference: bool = False) -> np.ndarray:
+        """Per-response-token logprobs (B, R) of ``softmax(logits / temperature)`` of this rank's model (or
+        the reference), 0 on padding."""
         model = self.ref if reference else self.model
         if model is None:
-            raise ValueError("no reference model: grpo.kl_coef is 0")
+            raise ValueError("no reference model: this learner was built without one")
         width = max(1, batch.max_response_len)
         out = []
         for chunk in self._micro_batches(batch):
             logits, tokens, mask = self._response_logits(model, chunk)
-            lp = grpo.token_logprobs(logits, tokens, temperature or self.temperature)
+            lp = token_logprobs(logits, tokens, temperature)
             out.append(_pad_to(lp * mask, width))
         return torch.cat(out).float().cpu().numpy()
 
@@ -142,60 +126,47 @@ class LearnerRank:
         step = self.cfg.micro_batch_size
         return [batch.select(slice(i, i + step)) for i in range(0, len(batch), step)]
 
-    def _shard(self, batch: TrainBatch) -> TrainBatch:
+    def _shard(self, batch: TrainBatch, mini_batches: int) -> TrainBatch:
         """This rank's rows: its slice of every global mini-batch, so mini-batches do not depend on W."""
-        mini = len(batch) // self.grpo.mini_batches
+        mini = len(batch) // mini_batches
         part = mini // self.world_size
-        starts = [k * mini + self.rank * part for k in range(self.grpo.mini_batches)]
+        starts = [k * mini + self.rank * part for k in range(mini_batches)]
         return batch.select(np.concatenate([np.arange(a, a + part) for a in starts]))
 
     # ------------------------------------------------------------------ training
-    def train_step(self, batch: TrainBatch) -> dict[str, float]:
-        """mu passes of clipped GRPO updates over this rank's shard; returns averaged metrics."""
+    def train_step(self, batch: TrainBatch, objective: Objective) -> dict[str, float]:
+        """``objective.epochs`` passes of ``objective.mini_batches`` optimizer steps over this rank's shard;
+        returns metrics averaged over updates and ranks."""
         start = time.perf_counter()
-        shard = self._shard(batch)
-        # One on-policy pass: the training forward itself gives the old logprobs (ratio = 1), so
-        # the separate no-grad forward is skipped.
-        on_policy = self.grpo.epochs == 1 and self.grpo.mini_batches == 1 and not self.grpo.async_rollouts
-        old = None if on_policy else self._old_logprobs(shard)
-        ref = torch.as_tensor(self.compute_logprobs(shard, reference=True)) if self.ref else None
-        first_pass: list[torch.Tensor] = []  # logprobs of the first epoch's forwards
+        shard = self._shard(batch, objective.mini_batches)
+        old = self._old_logprobs(shard, objective)
+        ref = None
+        if objective.uses_reference:
+            ref = torch.as_tensor(self.compute_logprobs(shard, temperature=objective.temperature, reference=True))
         totals: dict[str, float] = {}
-        mini_size = len(shard) // self.grpo.mini_batches
-        for epoch in range(self.grpo.epochs):
-            for k in range(self.grpo.mini_batches):
+        mini_size = len(shard) // objective.mini_batches
+        for _ in range(objective.epochs):
+            for k in range(objective.mini_batches):
                 rows = slice(k * mini_size, (k + 1) * mini_size)
-                step_metrics = self._optimizer_step(shard, rows, old, ref, first_pass if epoch == 0 else None)
-                for key, value in step_metrics.items():
+                for key, value in self._optimizer_step(shard, rows, old, ref, objective).items():
                     totals[key] = totals.get(key, 0.0) + value
-        # The learner's logprobs before its first update of this step (the first mini-batch's forward,
-        # or the separate forward) against the engine's: equal when the broadcast worked.
-        before = slice(0, mini_size)
-        first_pass = torch.cat([_pad_to(lp, shard.max_response_len) for lp in first_pass])
-        if old is not None and not self._old_from_engine(shard):
-            metrics = self._sync_check(shard, old)
-        else:
-            metrics = self._sync_check(shard.select(before), first_pass[before])
-        if self.grpo.async_rollouts:  # stale by one update by design: a measure of off-policyness, not of sync
-            metrics = {k.replace("logprob_diff", "offpolicy_logprob_diff"): v for k, v in metrics.items()}
-        updates = self.grpo.epochs * self.grpo.mini_batches
-        metrics.update({key: value / updates for key, value in totals.items()})
-        tokens = float(shard.response_lens.sum()) * self.grpo.epochs
+        metrics = {key: value / objective.updates for key, value in totals.items()}
+        tokens = float(shard.response_lens.sum()) * objective.epochs
         metrics["throughput/train_tokens_per_s"] = tokens * self.world_size / (time.perf_counter() - start)
         metrics["lr"] = self.scheduler.get_last_lr()[0]
         return metrics
 
-    def _old_from_engine(self, shard: TrainBatch) -> bool:
-        return shard.rollout_logprobs is not None and (self.grpo.old_logprobs == "rollout" or self.grpo.async_rollouts)
-
-    def _old_logprobs(self, shard: TrainBatch) -> torch.Tensor:
-        """The behaviour policy's logprobs for the clipped ratio: the engine's (the distribution the
-        samples really came from, at no cost), or a forward of this model before the step's first update."""
-        if self._old_from_engine(shard):
+    def _old_logprobs(self, shard: TrainBatch, objective: Objective) -> torch.Tensor | None:
+        """The behaviour policy's logprobs for the clipped ratio, from where the batch says: the engine's
+        (the distribution the samples really came from, at no cost) or a forward of this model before the
+        step's first update. None when one update makes the training forward its own old policy."""
+        if not objective.uses_old_logprobs:
+            return None
+        if shard.behaviour == "rollout":
             return _pad_to(torch.tensor(shard.rollout_logprobs), shard.max_response_len)
-        if self.grpo.async_rollouts:
-            raise ValueError("grpo.async_rollouts needs the engine's logprobs in the batch")
-        return torch.as_tensor(self.compute_logprobs(shard))
+        if objective.updates == 1:
+            return None
+        return torch.as_tensor(self.compute_logprobs(shard, temperature=objective.temperature))
 
     def _optimizer_step(
         self,
@@ -203,10 +174,9 @@ class LearnerRank:
         rows: slice,
         old: torch.Tensor | None,
         ref: torch.Tensor | None,
-        record: list[torch.Tensor] | None,
+        objective: Objective,
     ) -> dict[str, float]:
         mini = shard.select(rows)
-        ref_mini = None if ref is None else ref[rows]
         token_total = torch.tensor(float(mini.response_lens.sum()))
         dist.all_reduce(token_total)
         sums: dict[str, float] = {}
@@ -214,27 +184,19 @@ class LearnerRank:
         for i in range(0, len(mini), step):
             micro = mini.select(slice(i, i + step))
             logits, tokens, mask = self._response_logits(self.model, micro)
-            lp = grpo.token_logprobs(logits, tokens, self.temperature)
-            width = lp.shape[1]
-            if record is not None:
-                record.append((lp * mask).detach().cpu())
-            loss, m = grpo.policy_loss(
-                lp,
-                lp.detach() if old is None else old[rows][i : i + step, :width].to(self.device),
-                None if ref_mini is None else ref_mini[i : i + step, :width].to(self.device),
-                torch.as_tensor(micro.advantages, device=self.device),
-                mask,
-                clip_low=self.grpo.clip_low,
-                clip_high=self.grpo.clip_high,
-                kl_coef=self.grpo.kl_coef,
-                loss_agg=self.grpo.loss_agg,
-                max_tokens=self.max_response_len,
-                clip_ratio_c=self.grpo.clip_ratio_c,
-                kl_max=self.grpo.kl_max,
+            lp = token_logprobs(logits, tokens, objective.temperature)
+            cut = (rows, slice(i, i + step), slice(0, lp.shape[1]))  # this micro-batch of the precomputed tables
+            inputs = LossInputs(
+                logprobs=lp,
+                mask=mask,
+                advantages=torch.as_tensor(micro.advantages, device=self.device),
+                old_logprobs=self._cut(old, cut),
+                ref_logprobs=self._cut(ref, cut),
             )
-            (loss * self._loss_scale(micro, mini, token_total)).backward()
+            loss, m = objective.loss(inputs)
+            (loss * self._loss_scale(micro, mini, token_total, objective)).backward()
             share = len(micro) / len(mini)
-            m["entropy"] = self._entropy(logits, mask)
+            m["entropy"] = self._entropy(logits, mask, objective.temperature)
             for key, value in m.items():
                 sums[key] = sums.get(key, 0.0) + value * share
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
@@ -245,39 +207,25 @@ class LearnerRank:
         sums["grad_norm"] = float(grad_norm)
         return _all_mean(sums)
 
+    def _cut(self, table: torch.Tensor | None, cut: tuple[slice, slice, slice]) -> torch.Tensor | None:
+        rows, micro, width = cut
+        return None if table is None else table[rows][micro, width].to(self.device)
+
     @torch.no_grad()
-    def _entropy(self, logits: torch.Tensor, mask: torch.Tensor) -> float:
+    def _entropy(self, logits: torch.Tensor, mask: torch.Tensor, temperature: float) -> float:
         """Mean entropy of the sampling distribution (logits / T) over response tokens, one row at a time
         so that a float32 copy of the whole (B, R, V) block never exists."""
-        total = sum(
-            (grpo.entropy_from_logits(row / self.temperature) * m).sum() for row, m in zip(logits, mask, strict=True)
-        )
+        total = sum((entropy_from_logits(row / temperature) * m).sum() for row, m in zip(logits, mask, strict=True))
         return float(total / mask.sum().clamp(min=1))
 
-    def _loss_scale(self, micro: TrainBatch, mini: TrainBatch, token_total: torch.Tensor) -> float:
+    def _loss_scale(
+        self, micro: TrainBatch, mini: TrainBatch, token_total: torch.Tensor, objective: Objective
+    ) -> float:
         # FSDP averages gradients over ranks, so each micro-batch's share of the global mean is
-        # multiplied by the world size; token-mean weighs by tokens, the others by sequences.
-        if self.grpo.loss_agg == "token-mean":
+        # multiplied by the world size; token-weighted objectives weigh by tokens, the others by sequences.
+        if objective.token_weighted:
             return float(micro.response_lens.sum()) / max(1.0, token_total.item()) * self.world_size
         return len(micro) / len(mini)
-
-    def _sync_check(self, shard: TrainBatch, old: torch.Tensor) -> dict[str, float]:
-        """How far the engine's logprobs are from the learner's for the same tokens (proves the sync)."""
-        if shard.rollout_logprobs is None:
-            return {}
-        width = shard.max_response_len
-        learner_lp = old[:, :width]
-        engine_lp = torch.tensor(shard.rollout_logprobs[:, :width])
-        mask = torch.arange(width)[None] < torch.as_tensor(shard.response_lens)[:, None]
-        diff = (learner_lp - engine_lp).abs()[mask]
-        stats = torch.tensor([diff.max().item() if diff.numel() else 0.0, diff.sum().item(), float(diff.numel())])
-        maxes = stats[:1].clone()
-        dist.all_reduce(maxes, op=dist.ReduceOp.MAX)
-        dist.all_reduce(stats)
-        return {
-            "rollout/logprob_diff_max": maxes.item(),
-            "rollout/logprob_diff_mean": (stats[1] / max(stats[2], 1)).item(),
-        }
 
     # ------------------------------------------------------------------ weight broadcast
     def init_weight_sync(
@@ -286,7 +234,8 @@ class LearnerRank:
         from vllm.distributed.weight_transfer.base import ModuleSource
         from vllm.distributed.weight_transfer.factory import WeightTransferTrainerFactory
 
-        from cluster.weight_sync import RolloutFanoutClient, register_vllm_plugin, trainer_init_info
+        from cluster.transfer.fanout import RolloutFanoutClient, trainer_init_info
+        from cluster.transfer.gloo import register_vllm_plugin
 
         register_vllm_plugin()
         self.sync_client = RolloutFanoutClient(rollout_workers, ranks_per_engine)

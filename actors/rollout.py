@@ -99,7 +99,9 @@ class RolloutEngine:
         every token of each sequence given the ones before; index 0 is nan."""
         from vllm import SamplingParams
 
-        params = SamplingParams(max_tokens=1, temperature=1.0, prompt_logprobs=0)
+        # The one generated token is greedy: a random draw would move the engine's generator, and with
+        # it every later sample (a seeded run must sample the same with and without the check).
+        params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0)
         outputs = self.llm.generate(
             [{"prompt_token_ids": [int(t) for t in seq]} for seq in sequences], params, use_tqdm=False
         )

@@ -4,58 +4,39 @@
 of them splits each batch). Completions are scored in chunks inside killable worker processes; a
 chunk that overruns or fails is re-scored one completion and one reward at a time, so only the
 offending pair scores 0, and it is counted in ``reward/timeouts`` or ``reward/errors``.
+The R1-Zero ``format`` reward is always among the components (weight 0 unless configured), so
+every batch reports its format rate, scored under the same deadline, for the configured template.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 
 import numpy as np
 import ray
 
+from cluster.payloads import Scores
 from rewards import WeightedReward, get_reward
 from rewards.deadline import DeadlineExecutor
 
 CHUNK = 64
 
 
-@dataclass
-class Scores:
-    """Weighted totals and raw components, one entry per completion."""
-
-    total: np.ndarray
-    components: dict[str, np.ndarray]
-    timeouts: int = 0
-    errors: int = 0
-    seconds: float = 0.0
-    error_messages: list[str] = field(default_factory=list)
-
-    @staticmethod
-    def concat(parts: list[Scores]) -> Scores:
-        names = parts[0].components
-        return Scores(
-            total=np.concatenate([p.total for p in parts]),
-            components={n: np.concatenate([p.components[n] for p in parts]) for n in names},
-            timeouts=sum(p.timeouts for p in parts),
-            errors=sum(p.errors for p in parts),
-            seconds=max(p.seconds for p in parts),
-            error_messages=[m for p in parts for m in p.error_messages][:10],
-        )
-
-
 def _score_chunk(reward: WeightedReward, completions: list[str], answers: list[str]) -> list[dict[str, float]]:
     return [reward(c, a)[1] for c, a in zip(completions, answers, strict=True)]
 
 
-def _score_one(name: str, completion: str, answer: str) -> float:
-    return float(get_reward(name)(completion, answer))
+def _score_one(name: str, think_opened: bool, completion: str, answer: str) -> float:
+    return float(get_reward(name, think_opened=think_opened)(completion, answer))
 
 
 class Scorer:
-    def __init__(self, weights: dict[str, float], timeout_s: float = 5.0, workers: int = 1) -> None:
-        self.weights = dict(weights)
-        self.reward = WeightedReward(weights)
+    def __init__(
+        self, weights: dict[str, float], timeout_s: float = 5.0, *, think_opened: bool = False, workers: int = 1
+    ) -> None:
+        self.weights = {**weights, "format": weights.get("format", 0.0)}
+        self.think_opened = think_opened
+        self.reward = WeightedReward(self.weights, think_opened=think_opened)
         self.timeout_s = timeout_s
         self.executor = DeadlineExecutor(max_workers=workers, mp_context="forkserver", startup_in_deadline=False)
         # A cold spawn inside a Ray actor takes seconds; start the worker before the first deadline.
@@ -78,14 +59,21 @@ class Scorer:
         names = self.reward.names
         components = {n: np.array([r[n] for r in rows], dtype=np.float32) for n in names}
         total = sum((self.weights[n] * components[n] for n in names), np.zeros(len(rows), dtype=np.float32))
-        return Scores(total, components, counts["timeout"], counts["error"], time.perf_counter() - start, messages)
+        return Scores(
+            total=total,
+            components=components,
+            timeouts=counts["timeout"],
+            errors=counts["error"],
+            seconds=time.perf_counter() - start,
+            error_messages=messages,
+        )
 
     def _one_by_one(
         self, completion: str, answer: str, counts: dict[str, int], messages: list[str]
     ) -> dict[str, float]:
         row = {}
         for name in self.reward.names:
-            outcome = self.executor.run(_score_one, name, completion, answer, timeout=self.timeout_s)
+            outcome = self.executor.run(_score_one, name, self.think_opened, completion, answer, timeout=self.timeout_s)
             row[name] = outcome.value if outcome.status == "ok" else 0.0
             if outcome.status != "ok":
                 counts[outcome.status] += 1

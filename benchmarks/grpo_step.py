@@ -45,19 +45,22 @@ def bench(in_actor: bool, steps: int, warmup: int) -> dict[str, float]:
     import ray
     import torch
 
+    from cluster.algo.grpo import group_advantages
     from cluster.config import load_config
-    from cluster.driver import collect, resolve_model
-    from cluster.fleet import Fleet
-    from cluster.grpo import group_advantages
+    from cluster.data.prompts import Prompts
     from cluster.payloads import TrainBatch
-    from cluster.prompts import Prompts
+    from cluster.runtime.fleet import Fleet
+    from cluster.stages.common import resolve_model
+    from cluster.stages.rl import behaviour_policy, collect, grpo_objective
 
     cfg = load_config(None, [f"rollout.engine_in_actor={str(in_actor).lower()}", f"grpo.steps={steps + warmup}"])
     model = resolve_model(cfg)
     from transformers import AutoTokenizer
 
     prompts = Prompts(cfg, AutoTokenizer.from_pretrained(model))
-    fleet = Fleet(cfg, model, model, total_steps=steps + warmup)
+    updates = cfg.grpo.epochs * cfg.grpo.mini_batches
+    fleet = Fleet(cfg, model, model, optimizer_steps=(steps + warmup) * updates)
+    objective, behaviour = grpo_objective(cfg), behaviour_policy(cfg)
     try:
         rollout_pid = ray.get(fleet.rollouts[0].__ray_call__.remote(lambda _: os.getpid()))
         phases: dict[str, list[float]] = {
@@ -65,15 +68,15 @@ def bench(in_actor: bool, steps: int, warmup: int) -> dict[str, float]:
         }
         for step in range(1, steps + warmup + 1):
             t0 = time.perf_counter()
-            rollouts, scores, _, _ = collect(fleet, prompts, cfg)
-            adv = group_advantages(torch.as_tensor(scores.total), cfg.grpo.group_size).numpy()
-            batch = TrainBatch.from_rollouts(rollouts, adv)
+            sampled = collect(fleet, prompts, cfg)
+            adv = group_advantages(torch.as_tensor(sampled.scores.total), cfg.grpo.group_size).numpy()
+            batch = TrainBatch.from_rollouts(sampled.rollouts, adv, behaviour)
             t1 = time.perf_counter()
             cpu0 = _tree_cpu_s(rollout_pid)
-            fleet.train(batch)
+            fleet.train(batch, objective)
             cpu1 = _tree_cpu_s(rollout_pid)
             t2 = time.perf_counter()
-            fleet.sync_weights(step)
+            fleet.sync_weights(step, probe=batch)
             t3 = time.perf_counter()
             if step > warmup:
                 for key, value in zip(phases, (t1 - t0, t2 - t1, t3 - t2, t3 - t0, cpu1 - cpu0), strict=True):

@@ -23,9 +23,10 @@ def bench(name: str, rounds: int, workdir: Path) -> dict:
     from safetensors.torch import load_file
 
     from cluster.config import RunConfig
-    from cluster.demo_model import build_tokenizer, save_random_model
-    from cluster.fleet import Fleet
+    from cluster.data.builtin_model import build_tokenizer, save_random_model
     from cluster.payloads import SamplingSpec, TrainBatch
+    from cluster.runtime.fleet import Fleet
+    from cluster.stages.rl import grpo_objective
 
     path = save_random_model(workdir / name, tie=True, **SIZES[name])
     params = sum(int(np.prod(t.shape)) for t in load_file(path / "model.safetensors").values())
@@ -38,7 +39,8 @@ def bench(name: str, rounds: int, workdir: Path) -> dict:
             "reward": {"weights": {"format": 1.0}, "accuracy_key": "format"},
         }
     )
-    fleet = Fleet(cfg, str(path), str(path), total_steps=rounds + 1)
+    fleet = Fleet(cfg, str(path), str(path), optimizer_steps=rounds)
+    objective = grpo_objective(cfg)
     try:
         tok = build_tokenizer()
         prompts = [np.array(tok.encode(f"{100 + i}+{200 + i}="), dtype=np.int32) for i in range(4)]
@@ -46,12 +48,11 @@ def bench(name: str, rounds: int, workdir: Path) -> dict:
         for version in range(1, rounds + 1):
             rollouts = fleet.generate(prompts, 4, SamplingSpec(max_tokens=16))
             batch = TrainBatch.from_rollouts(rollouts, np.linspace(-1, 1, 16).astype(np.float32))
-            diffs.append(fleet.train(batch)["rollout/logprob_diff_max"])
-            sync = fleet.sync_weights(version)
+            fleet.train(batch, objective)
+            sync = fleet.sync_weights(version, probe=batch)
+            diffs.append(sync["rollout/logprob_diff_max"])
             seconds.append(sync["time/weight_sync_s"])
             receive.append(sync["time/weight_receive_s"])
-        final = fleet.generate(prompts, 4, SamplingSpec(max_tokens=16))
-        diffs.append(fleet.train(TrainBatch.from_rollouts(final, batch.advantages))["rollout/logprob_diff_max"])
     finally:
         fleet.shutdown()
     return {

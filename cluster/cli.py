@@ -10,7 +10,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from cluster.config import ConfigError, DataError, load_config
+from cluster.config import load_config
+from cluster.errors import ConfigError, DataError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -53,7 +54,7 @@ def _load(args: argparse.Namespace):
         raise ConfigError(f"config error: --resume {resume}: no config.yaml there")
     # The run folder named on the command line is the one resumed, wherever the config said it was.
     cfg = load_config(config, [*args.overrides, f"output_dir={run.resolve().parent}", f"name={run.resolve().name}"])
-    from cluster import checkpoint
+    from cluster.stages import checkpoint
 
     last = checkpoint.latest(run)
     if last is None:
@@ -78,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"r1ray: config OK ({args.config or 'deploy/configs/demo.yaml'})", file=sys.stderr)
         return 0
     if args.command == "submit":
-        from cluster.submit import submit
+        from cluster.runtime.submit import submit
 
         return submit(args.address, args.config, args.overrides, args.working_dir, wait=not args.no_wait)
     import os
@@ -86,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # One line per step on the console: no progress bars from Hugging Face downloads/loads/saves.
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    from cluster.driver import train
+    from cluster.stages.rl import train
 
     def stop(signum, frame):
         # `ray job stop` sends SIGTERM: unwind through train()'s `finally` so the actors are shut down.

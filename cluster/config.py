@@ -14,6 +14,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from cluster.errors import ConfigError
+
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "deploy" / "configs"
 DEFAULT_CONFIG = CONFIG_DIR / "demo.yaml"
 
@@ -25,14 +27,6 @@ R1_ZERO_TEMPLATE = (
     "User: {prompt}. Assistant: <think>"
 )
 TEMPLATES = {"r1zero": R1_ZERO_TEMPLATE, "raw": "{prompt}"}
-
-
-class ConfigError(ValueError):
-    """A configuration problem, already phrased for the person who wrote the config."""
-
-
-class DataError(ValueError):
-    """Bad input found when the run starts (dataset rows, model folder), phrased for the user."""
 
 
 class _Section(BaseModel):
@@ -89,6 +83,12 @@ class DataConfig(_Section):
     def template_text(self) -> str:
         return TEMPLATES.get(self.template, self.template)
 
+    @property
+    def think_opened(self) -> bool:
+        """True when the template ends inside ``<think>`` (R1-Zero): completions start mid-thought, and
+        the ``format`` reward then checks the completion as the continuation of an opened thought."""
+        return self.template_text().rstrip().endswith("<think>")
+
 
 class RolloutConfig(_Section):
     num_workers: int = Field(1, ge=1)
@@ -120,7 +120,9 @@ class RolloutConfig(_Section):
 
 class RewardConfig(_Section):
     weights: dict[str, float] = {"exact": 1.0, "format": 0.1}
-    """Reward names (see ``rewards.REWARD_NAMES``) or ``module:function`` paths, with their weights."""
+    """Reward names (see ``rewards.REWARD_NAMES``) or ``module:function`` paths, with their weights.
+    ``format`` follows ``data.template``: with a template that opens ``<think>`` it checks the completion
+    as the rest of that thought (no need to pick ``format_think_opened`` by hand)."""
     timeout_s: float = Field(5.0, gt=0.0, le=600.0)
     """Hard deadline: first for a chunk of completions, then, if the chunk overruns, per completion and
     reward; a reward that times out or raises scores 0 and is counted."""

@@ -1,17 +1,20 @@
-"""What travels between the driver and the actors: small dataclasses that check themselves.
+"""What travels between the driver and the actors: small keyword-only dataclasses that check themselves.
 
 Token data are numpy arrays (they go through the Ray object store without pickling Python ints);
-dtypes travel as strings.
+dtypes travel as strings. Nothing here imports Ray.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
+from typing import Literal
 
 import numpy as np
 
+from cluster.config import LearnerConfig
 
-@dataclass(frozen=True)
+
+@dataclass(frozen=True, kw_only=True)
 class SamplingSpec:
     """How one generate call samples."""
 
@@ -27,7 +30,7 @@ class SamplingSpec:
             raise ValueError(f"invalid sampling spec: {self}")
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Rollouts:
     """Completions for P prompts x G samples, row ``i * G + j`` is sample j of prompt i."""
 
@@ -58,15 +61,31 @@ class Rollouts:
     def num_completions(self) -> int:
         return self.tokens.shape[0]
 
+    def select_groups(self, groups: list[int]) -> Rollouts:
+        """The completions of the given prompts (group indices), in that order."""
+        g = self.group_size
+        rows = np.concatenate([np.arange(i * g, (i + 1) * g) for i in groups]) if groups else np.arange(0)
+        return replace(
+            self,
+            prompt_ids=[self.prompt_ids[i] for i in groups],
+            tokens=self.tokens[rows],
+            lengths=self.lengths[rows],
+            logprobs=None if self.logprobs is None else self.logprobs[rows],
+            texts=[self.texts[r] for r in rows],
+            finish_reasons=[self.finish_reasons[r] for r in rows],
+        )
+
     @staticmethod
-    def concat(parts: list[Rollouts]) -> Rollouts:
-        """Join the shards of several workers, padding to the longest completion."""
+    def concat(parts: list[Rollouts], *, sequential: bool = False) -> Rollouts:
+        """Join parts, padding to the longest completion. ``gen_seconds``: the slowest part when they were
+        generated side by side (shards of several workers), the sum when ``sequential`` (rounds)."""
         width = max(p.tokens.shape[1] for p in parts)
 
         def pad(a: np.ndarray) -> np.ndarray:
             return np.pad(a, ((0, 0), (0, width - a.shape[1])))
 
         has_lp = all(p.logprobs is not None for p in parts)
+        seconds = [p.gen_seconds for p in parts]
         return Rollouts(
             group_size=parts[0].group_size,
             prompt_ids=[ids for p in parts for ids in p.prompt_ids],
@@ -76,11 +95,68 @@ class Rollouts:
             texts=[t for p in parts for t in p.texts],
             finish_reasons=[f for p in parts for f in p.finish_reasons],
             policy_version=min(p.policy_version for p in parts),
-            gen_seconds=max(p.gen_seconds for p in parts),
+            gen_seconds=sum(seconds) if sequential else max(seconds),
         )
 
 
-@dataclass
+@dataclass(kw_only=True)
+class Scores:
+    """Weighted totals and raw components, one entry per completion, plus what went wrong scoring them."""
+
+    total: np.ndarray
+    components: dict[str, np.ndarray]
+    timeouts: int = 0
+    errors: int = 0
+    seconds: float = 0.0
+    error_messages: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        for name, values in self.components.items():
+            if values.shape != self.total.shape:
+                raise ValueError(f"reward component {name!r} has shape {values.shape}, total {self.total.shape}")
+
+    def __len__(self) -> int:
+        return self.total.shape[0]
+
+    def select(self, rows: np.ndarray | slice) -> Scores:
+        """The scores of ``rows``; the call's counters (timeouts, errors, seconds) stay with the whole call."""
+        return Scores(total=self.total[rows], components={k: v[rows] for k, v in self.components.items()})
+
+    @staticmethod
+    def concat(parts: list[Scores], *, sequential: bool = False) -> Scores:
+        """Join parts; ``seconds`` is the slowest part's, or the sum when ``sequential`` (one after another)."""
+        names = parts[0].components
+        seconds = [p.seconds for p in parts]
+        return Scores(
+            total=np.concatenate([p.total for p in parts]),
+            components={n: np.concatenate([p.components[n] for p in parts]) for n in names},
+            timeouts=sum(p.timeouts for p in parts),
+            errors=sum(p.errors for p in parts),
+            seconds=sum(seconds) if sequential else max(seconds),
+            error_messages=[m for p in parts for m in p.error_messages][:10],
+        )
+
+
+@dataclass(kw_only=True)
+class SampledBatch:
+    """One step's groups, sampled and scored, as the RL stage trains on them."""
+
+    rollouts: Rollouts
+    scores: Scores
+    prompts_sampled: int
+    """Prompts drawn to fill the batch (more than its groups when dynamic sampling dropped some)."""
+    data_position: int
+    """The prompt stream's position after this batch was drawn (what a checkpoint stores)."""
+
+    def __post_init__(self) -> None:
+        if len(self.scores) != self.rollouts.num_completions:
+            raise ValueError(f"{len(self.scores)} scores for {self.rollouts.num_completions} completions")
+
+
+Behaviour = Literal["rollout", "learner"]
+
+
+@dataclass(kw_only=True)
 class TrainBatch:
     """Sequences for the learner: prompt and completion concatenated, right-padded."""
 
@@ -91,9 +167,13 @@ class TrainBatch:
     response_lens: np.ndarray
     """(B,) int64; the loss covers positions [prompt_len, prompt_len + response_len)."""
     advantages: np.ndarray
-    """(B,) float32 group-relative advantages."""
+    """(B,) float32 group-relative advantages (zeros for objectives that use none)."""
     rollout_logprobs: np.ndarray | None = None
-    """(B, R) float32 engine logprobs of the response tokens, for the sync check."""
+    """(B, R) float32 engine logprobs of the response tokens."""
+    behaviour: Behaviour = "learner"
+    """Where the behaviour policy's logprobs (the clipped ratio's denominator) come from: ``rollout``,
+    the engine's ``rollout_logprobs`` (stale rollouts, or a free old policy); ``learner``, a forward of
+    the learner's model before the batch's first update (skipped when the batch takes one update)."""
 
     def __post_init__(self) -> None:
         b = self.input_ids.shape[0]
@@ -104,6 +184,8 @@ class TrainBatch:
             raise ValueError("a sequence is longer than input_ids")
         if (self.prompt_lens < 1).any():
             raise ValueError("every sequence needs at least one prompt token")
+        if self.behaviour == "rollout" and self.rollout_logprobs is None:
+            raise ValueError("behaviour 'rollout' needs the engine's rollout_logprobs in the batch")
 
     def __len__(self) -> int:
         return self.input_ids.shape[0]
@@ -113,7 +195,8 @@ class TrainBatch:
         return int(self.response_lens.max(initial=0))
 
     def select(self, rows: np.ndarray | slice) -> TrainBatch:
-        return TrainBatch(
+        return replace(
+            self,
             input_ids=self.input_ids[rows],
             prompt_lens=self.prompt_lens[rows],
             response_lens=self.response_lens[rows],
@@ -121,8 +204,13 @@ class TrainBatch:
             rollout_logprobs=None if self.rollout_logprobs is None else self.rollout_logprobs[rows],
         )
 
+    def sequences(self) -> list[np.ndarray]:
+        """Each row's prompt + response tokens, unpadded."""
+        ends = self.prompt_lens + self.response_lens
+        return [row[:end] for row, end in zip(self.input_ids, ends, strict=True)]
+
     @staticmethod
-    def from_rollouts(rollouts: Rollouts, advantages: np.ndarray) -> TrainBatch:
+    def from_rollouts(rollouts: Rollouts, advantages: np.ndarray, behaviour: Behaviour = "learner") -> TrainBatch:
         g = rollouts.group_size
         prompts = [rollouts.prompt_ids[i // g] for i in range(rollouts.num_completions)]
         prompt_lens = np.array([len(p) for p in prompts], dtype=np.int64)
@@ -137,4 +225,33 @@ class TrainBatch:
             response_lens=lengths,
             advantages=advantages.astype(np.float32),
             rollout_logprobs=rollouts.logprobs,
+            behaviour=behaviour,
         )
+
+
+@dataclass(frozen=True, kw_only=True)
+class LearnerSpec:
+    """Everything one learner rank is built from."""
+
+    rank: int
+    world_size: int
+    master_addr: str
+    master_port: int
+    """Rendezvous of the ranks' torch.distributed group (on rank 0's node)."""
+    model_path: str
+    """Weights to start from: the base model or a checkpoint."""
+    base_path: str
+    """The base model: tokenizer, config and the frozen reference model (a checkpoint may be rotated away)."""
+    config: LearnerConfig
+    optimizer_steps: int
+    """Optimizer steps of the whole run, for the LR schedule."""
+    reference: bool = True
+    """Load the frozen reference model (objectives with a KL term need it)."""
+    seed: int = 0
+    trust_remote_code: bool = False
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.rank < self.world_size:
+            raise ValueError(f"rank {self.rank} outside world size {self.world_size}")
+        if self.optimizer_steps < 1:
+            raise ValueError(f"optimizer_steps must be >= 1, got {self.optimizer_steps}")

@@ -2,7 +2,9 @@
 
 Every reward has the signature ``fn(completion: str, answer: str) -> float``. A name is one of
 ``REWARD_NAMES`` or a ``package.module:function`` import path to a user reward of that signature.
-Pick "format_think_opened" over "format" when the prompt template ends with ``<think>`` (r1zero).
+``format`` is the R1-Zero format check; with ``think_opened=True`` (the prompt template ends with
+``<think>``, as r1zero's does) it resolves to ``format_think_opened``, so callers that know the
+template never pick between the two by hand.
 """
 
 from __future__ import annotations
@@ -49,8 +51,13 @@ REWARDS: dict[str, RewardFn] = {
 REWARD_NAMES: tuple[str, ...] = tuple(REWARDS)
 
 
-def get_reward(name: str) -> RewardFn:
-    """The reward called ``name``: a built-in name or a ``package.module:function`` path."""
+def get_reward(name: str, *, think_opened: bool = False) -> RewardFn:
+    """The reward called ``name``: a built-in name or a ``package.module:function`` path.
+
+    ``think_opened``: the prompt already opened ``<think>``; ``format`` then checks the completion as the
+    rest of that thought."""
+    if name == "format" and think_opened:
+        return _format_think_opened
     if name in REWARDS:
         return REWARDS[name]
     module_name, _, attribute = name.partition(":")
@@ -69,14 +76,15 @@ def get_reward(name: str) -> RewardFn:
 class WeightedReward:
     """A weighted sum of named rewards that also reports each component's raw score."""
 
-    def __init__(self, weights: Mapping[str, float]) -> None:
+    def __init__(self, weights: Mapping[str, float], *, think_opened: bool = False) -> None:
         if not weights:
             raise ValueError("WeightedReward needs at least one reward")
         for name, weight in weights.items():
             if not math.isfinite(weight):
                 raise ValueError(f"reward {name!r} has a non-finite weight {weight}")
         self._weights = dict(weights)
-        self._fns = {name: get_reward(name) for name in weights}
+        self._think_opened = think_opened
+        self._fns = {name: get_reward(name, think_opened=think_opened) for name in weights}
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -86,6 +94,10 @@ class WeightedReward:
         scores = {name: float(fn(completion, answer)) for name, fn in self._fns.items()}
         return sum(self._weights[name] * score for name, score in scores.items()), scores
 
-    def __reduce__(self) -> tuple[type[WeightedReward], tuple[dict[str, float]]]:
+    def __reduce__(self):
         # Ship the weights only; the receiving process resolves the names itself.
-        return WeightedReward, (self._weights,)
+        return _rebuild, (self._weights, self._think_opened)
+
+
+def _rebuild(weights: dict[str, float], think_opened: bool) -> WeightedReward:
+    return WeightedReward(weights, think_opened=think_opened)

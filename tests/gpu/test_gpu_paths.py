@@ -21,7 +21,7 @@ def gpu_ray(tmp_path_factory):
     os.environ["RAY_AUTH_MODE"] = "disabled"
     import ray
 
-    from cluster.demo_model import save_random_model
+    from cluster.data.builtin_model import save_random_model
 
     ray.init(address="local", include_dashboard=False)
     yield save_random_model(tmp_path_factory.mktemp("gpu-model"), tie=True)
@@ -32,9 +32,10 @@ def test_nccl_broadcast_and_cuda_fsdp2(gpu_ray):
     import ray
 
     from cluster.config import RunConfig
-    from cluster.demo_model import build_tokenizer
-    from cluster.fleet import Fleet
+    from cluster.data.builtin_model import build_tokenizer
     from cluster.payloads import SamplingSpec, TrainBatch
+    from cluster.runtime.fleet import Fleet
+    from cluster.stages.rl import grpo_objective
 
     gpus = torch.cuda.device_count()
     cfg = RunConfig.model_validate(
@@ -50,19 +51,17 @@ def test_nccl_broadcast_and_cuda_fsdp2(gpu_ray):
     if gpus < cfg.learner.world_size + 1:
         # NCCL cannot connect two processes on one device; a colocated setup needs vLLM's IPC engine.
         pytest.skip("needs a GPU per learner rank plus one for the rollout engine")
-    fleet = Fleet(cfg, str(gpu_ray), str(gpu_ray), total_steps=2)
+    fleet = Fleet(cfg, str(gpu_ray), str(gpu_ray), optimizer_steps=2)
     try:
         tok = build_tokenizer()
         prompts = [np.array(tok.encode(f"{100 + i}+{200 + i}="), dtype=np.int32) for i in range(4)]
         rollouts = fleet.generate(prompts, 4, SamplingSpec(max_tokens=16))
         batch = TrainBatch.from_rollouts(rollouts, np.linspace(-1, 1, 16).astype(np.float32))
-        metrics = fleet.train(batch)
-        assert metrics["rollout/logprob_diff_max"] < 1e-3
-        fleet.sync_weights(1)
-        again = fleet.train(
-            TrainBatch.from_rollouts(fleet.generate(prompts, 4, SamplingSpec(max_tokens=16)), batch.advantages)
-        )
-        assert again["rollout/logprob_diff_max"] < 1e-3
+        assert fleet.weights.check(batch)["rollout/logprob_diff_max"] < 1e-3
+        metrics = fleet.train(batch, grpo_objective(cfg))
+        assert np.isfinite(metrics["loss"])
+        sync = fleet.sync_weights(1, probe=batch)
+        assert sync["rollout/logprob_diff_max"] < 1e-3
         assert ray.get(fleet.rollouts[0].get_policy_version.remote()) == 1
     finally:
         fleet.shutdown()

@@ -16,7 +16,7 @@ import urllib.request
 import ray
 from ray.util.metrics import Counter, Gauge
 
-from cluster.metrics import RAY_GAUGES, TIMEOUT_COUNTER
+from cluster.runtime.metrics import RAY_GAUGES, TIMEOUT_COUNTER
 
 
 def scraped_names(url: str) -> set[str]:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from cluster.metrics import RAY_GAUGES, TIMEOUT_COUNTER
+from cluster.runtime.metrics import RAY_GAUGES, TIMEOUT_COUNTER
 
 DASHBOARD = Path(__file__).resolve().parents[2] / "deploy" / "grafana" / "r1ray-dashboard.json"
 EMITTED = [*RAY_GAUGES.values(), TIMEOUT_COUNTER]

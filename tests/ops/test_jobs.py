@@ -24,9 +24,9 @@ from pathlib import Path
 import pytest
 from ray.job_submission import JobStatus, JobSubmissionClient
 
-from cluster import checkpoint
-from cluster.metrics import RAY_GAUGES
-from cluster.submit import entrypoint, runtime_env
+from cluster.runtime.metrics import RAY_GAUGES
+from cluster.runtime.submit import entrypoint, runtime_env
+from cluster.stages import checkpoint
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from cluster.demo_model import save_random_model
+from cluster.data.builtin_model import save_random_model
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 

@@ -1,4 +1,4 @@
-"""FSDP2 over gloo: two learner ranks take exactly the step one rank takes on the same batch."""
+"""FSDP2 over gloo: two learner ranks take exactly the step one rank takes on the same batch, for each objective."""
 
 import socket
 
@@ -9,8 +9,10 @@ import torch
 from safetensors.torch import load_file
 
 from actors.learner import PolicyLearner
-from cluster.config import GRPOConfig, LearnerConfig
-from cluster.payloads import TrainBatch
+from cluster.algo.grpo import GRPOObjective
+from cluster.algo.sft import SFTObjective
+from cluster.config import LearnerConfig
+from cluster.payloads import LearnerSpec, TrainBatch
 
 pytestmark = pytest.mark.ray
 
@@ -29,21 +31,30 @@ def _batch(rows: int = 8, seed: int = 0) -> TrainBatch:
     for i in range(rows):
         ids[i, : prompt_lens[i] + response_lens[i]] = rng.integers(2, 25, prompt_lens[i] + response_lens[i])
     advantages = rng.standard_normal(rows).astype(np.float32)
-    return TrainBatch(ids, prompt_lens, response_lens, advantages)
+    return TrainBatch(input_ids=ids, prompt_lens=prompt_lens, response_lens=response_lens, advantages=advantages)
 
 
-def _train(model_path, world: int, grpo: GRPOConfig, out_dir) -> dict:
+def _train(model_path, world: int, objective, out_dir) -> dict:
     learner_cfg = LearnerConfig(world_size=world, lr=1e-3, micro_batch_size=2, grad_clip=1e9)
     port = _free_port()
-    ranks = [
-        PolicyLearner.options(num_cpus=1).remote(
-            rank, world, str(model_path), learner_cfg, grpo, master_addr="127.0.0.1", master_port=port
+    specs = [
+        LearnerSpec(
+            rank=rank,
+            world_size=world,
+            master_addr="127.0.0.1",
+            master_port=port,
+            model_path=str(model_path),
+            base_path=str(model_path),
+            config=learner_cfg,
+            optimizer_steps=objective.updates,
+            reference=objective.uses_reference,
         )
         for rank in range(world)
     ]
+    ranks = [PolicyLearner.options(num_cpus=1).remote(spec) for spec in specs]
     try:
         batch = ray.put(_batch())
-        metrics = ray.get([r.train_step.remote(batch) for r in ranks])[0]
+        metrics = ray.get([r.train_step.remote(batch, objective) for r in ranks])[0]
         ray.get([r.save_checkpoint.remote(str(out_dir)) for r in ranks])
         return metrics
     finally:
@@ -52,16 +63,17 @@ def _train(model_path, world: int, grpo: GRPOConfig, out_dir) -> dict:
 
 
 @pytest.mark.parametrize(
-    "grpo",
+    "objective",
     [
-        GRPOConfig(kl_coef=0.05, loss_agg="seq-mean-token-mean", prompts_per_step=4, group_size=2),
-        GRPOConfig(kl_coef=0.0, loss_agg="token-mean", epochs=2, mini_batches=2, prompts_per_step=4, group_size=2),
+        GRPOObjective(kl_coef=0.05, loss_agg="seq-mean-token-mean"),
+        GRPOObjective(kl_coef=0.0, loss_agg="token-mean", epochs=2, mini_batches=2),
+        SFTObjective(),
     ],
-    ids=["grpo-kl", "dapo-token-mean-2x2"],
+    ids=["grpo-kl", "dapo-token-mean-2x2", "sft"],
 )
-def test_world_size_two_matches_one(ray_cluster, tied_model, tmp_path, grpo):
-    one = _train(tied_model, 1, grpo, tmp_path / "w1")
-    two = _train(tied_model, 2, grpo, tmp_path / "w2")
+def test_world_size_two_matches_one(ray_cluster, tied_model, tmp_path, objective):
+    one = _train(tied_model, 1, objective, tmp_path / "w1")
+    two = _train(tied_model, 2, objective, tmp_path / "w2")
     before = load_file(tied_model / "model.safetensors")
     w1, w2 = load_file(tmp_path / "w1" / "model.safetensors"), load_file(tmp_path / "w2" / "model.safetensors")
     assert w1.keys() == w2.keys()
@@ -70,5 +82,5 @@ def test_world_size_two_matches_one(ray_cluster, tied_model, tmp_path, grpo):
     for key in w1:
         torch.testing.assert_close(w1[key], w2[key], atol=2e-6, rtol=1e-4, msg=lambda m, key=key: f"{key}: {m}")
     assert one["grad_norm"] == pytest.approx(two["grad_norm"], rel=1e-4)
-    if grpo.mini_batches == 1:
+    if objective.mini_batches == 1:
         assert one["loss"] == pytest.approx(two["loss"], abs=1e-6)

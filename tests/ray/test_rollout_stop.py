@@ -13,9 +13,9 @@ import pytest
 import ray
 
 from cluster.config import RunConfig
-from cluster.demo_model import build_tokenizer
-from cluster.fleet import Fleet
+from cluster.data.builtin_model import build_tokenizer
 from cluster.payloads import SamplingSpec
+from cluster.runtime.fleet import Fleet
 
 pytestmark = pytest.mark.ray
 

@@ -11,11 +11,12 @@ import pytest
 import ray
 import torch
 
+from cluster.algo.grpo import group_advantages
 from cluster.config import RunConfig
-from cluster.demo_model import build_tokenizer
-from cluster.fleet import Fleet
-from cluster.grpo import group_advantages
+from cluster.data.builtin_model import build_tokenizer
 from cluster.payloads import SamplingSpec, TrainBatch
+from cluster.runtime.fleet import Fleet
+from cluster.stages.rl import grpo_objective
 
 pytestmark = pytest.mark.ray
 
@@ -52,12 +53,12 @@ def _engine_logprobs(fleet: Fleet, batch: TrainBatch) -> list[np.ndarray]:
 
 
 def _learner_logprobs(fleet: Fleet, batch: TrainBatch) -> np.ndarray:
-    return ray.get([learner.compute_logprobs.remote(batch) for learner in fleet.learners])[0]
+    return ray.get([learner.compute_logprobs.remote(batch, temperature=1.0) for learner in fleet.learners])[0]
 
 
 def _run_chain(model_path, world_size: int, workers: int, engine_in_actor: bool):
     cfg = _config(world_size, workers, engine_in_actor)
-    fleet = Fleet(cfg, str(model_path), str(model_path), total_steps=2)
+    fleet = Fleet(cfg, str(model_path), str(model_path), optimizer_steps=2)
     try:
         tok = build_tokenizer()
         prompts = [np.array(tok.encode(f"{100 + 7 * i}+{200 + i}="), dtype=np.int32) for i in range(4)]
@@ -70,9 +71,9 @@ def _run_chain(model_path, world_size: int, workers: int, engine_in_actor: bool)
         batch = TrainBatch.from_rollouts(rollouts, advantages)
         assert batch.max_response_len > 1
 
-        metrics = fleet.train(batch)
         # Before the update the engines sampled from the learner's own weights.
-        assert metrics["rollout/logprob_diff_max"] < 1e-4
+        assert fleet.weights.check(batch)["rollout/logprob_diff_max"] < 1e-4
+        metrics = fleet.train(batch, grpo_objective(cfg))
         assert np.isfinite(metrics["loss"]) and metrics["grad_norm"] > 0
 
         mask = np.arange(batch.max_response_len)[None] < batch.response_lens[:, None]
@@ -80,8 +81,9 @@ def _run_chain(model_path, world_size: int, workers: int, engine_in_actor: bool)
         for stale in _engine_logprobs(fleet, batch):
             assert np.abs(stale - updated)[mask].max() > 1e-3, "engines changed before the broadcast"
 
-        sync = fleet.sync_weights(1)
+        sync = fleet.sync_weights(1, probe=batch)
         assert sync["time/weight_sync_s"] > 0
+        assert sync["rollout/logprob_diff_max"] < 1e-4
         for fresh in _engine_logprobs(fleet, batch):
             assert np.abs(fresh - updated)[mask].max() < 1e-4
         assert ray.get([w.get_policy_version.remote() for w in fleet.rollouts]) == [1] * workers

@@ -131,7 +131,7 @@ def test_resume_without_a_checkpoint_is_a_clear_error(tmp_path):
 
 
 def test_a_fresh_run_moves_an_old_one_aside(tmp_path):
-    from cluster.driver import archive_previous_run
+    from cluster.stages.common import archive_previous_run
 
     run = tmp_path / "demo"
     (run / "checkpoints").mkdir(parents=True)
@@ -151,7 +151,7 @@ def test_a_fresh_run_moves_an_old_one_aside(tmp_path):
     ],
 )
 def test_rollout_engine_placement(overrides, in_actor):
-    from cluster.fleet import rollout_env
+    from cluster.runtime.fleet import rollout_env
 
     env = rollout_env(load_config(None, ["rollout.cpus_per_worker=2", *overrides]))
     assert (env.get("VLLM_ENABLE_V1_MULTIPROCESSING") == "0") is in_actor

@@ -1,4 +1,4 @@
-"""cluster.grpo against loop-by-loop transcriptions of the GRPO / DAPO / Dr. GRPO formulas."""
+"""cluster.algo.grpo against loop-by-loop transcriptions of the GRPO / DAPO / Dr. GRPO formulas."""
 
 import math
 import statistics
@@ -6,7 +6,7 @@ import statistics
 import pytest
 import torch
 
-from cluster.grpo import (
+from cluster.algo.grpo import (
     LOSS_AGGS,
     dynamic_sampling_mask,
     entropy_from_logits,

@@ -6,8 +6,8 @@ import random
 import numpy as np
 import pytest
 
-from cluster.payloads import Rollouts, SamplingSpec, TrainBatch
-from cluster.tasks import AdditionTask, PromptStream, addition_example, load_examples
+from cluster.data.tasks import AdditionTask, PromptStream, addition_example, load_examples
+from cluster.payloads import LearnerSpec, Rollouts, SampledBatch, SamplingSpec, Scores, TrainBatch
 
 
 def _rollouts(prompts=((1, 2, 3), (4, 5)), g=2, lengths=(2, 3, 1, 2)):
@@ -63,11 +63,54 @@ def test_rollouts_reject_inconsistent_shapes(change):
 def test_train_batch_rejects_overlong_rows_and_empty_prompts():
     ids = np.zeros((2, 4), dtype=np.int64)
     with pytest.raises(ValueError, match="longer"):
-        TrainBatch(ids, np.array([2, 2]), np.array([3, 1]), np.zeros(2, dtype=np.float32))
+        TrainBatch(input_ids=ids, prompt_lens=np.array([2, 2]), response_lens=np.array([3, 1]), advantages=np.zeros(2))
     with pytest.raises(ValueError, match="prompt token"):
-        TrainBatch(ids, np.array([0, 2]), np.array([1, 1]), np.zeros(2, dtype=np.float32))
+        TrainBatch(input_ids=ids, prompt_lens=np.array([0, 2]), response_lens=np.array([1, 1]), advantages=np.zeros(2))
     with pytest.raises(ValueError, match="advantages"):
-        TrainBatch(ids, np.array([1, 1]), np.array([1, 1]), np.zeros(3, dtype=np.float32))
+        TrainBatch(input_ids=ids, prompt_lens=np.array([1, 1]), response_lens=np.array([1, 1]), advantages=np.zeros(3))
+
+
+def test_rollouts_select_groups_keeps_each_group_whole():
+    r = _rollouts(prompts=((1,), (2,), (3,)), g=2, lengths=(1, 2, 3, 4, 5, 6))
+    picked = r.select_groups([2, 0])
+    assert [p.tolist() for p in picked.prompt_ids] == [[3], [1]]
+    assert picked.lengths.tolist() == [5, 6, 1, 2]
+    assert picked.tokens[0, :5].tolist() == r.tokens[4, :5].tolist()
+    assert picked.logprobs.shape == picked.tokens.shape and picked.policy_version == 3
+
+
+def test_scores_select_and_concat():
+    s = Scores(total=np.arange(4.0), components={"exact": np.arange(4.0) * 2}, timeouts=1, seconds=2.0)
+    part = s.select(slice(1, 3))
+    assert part.total.tolist() == [1.0, 2.0] and part.components["exact"].tolist() == [2.0, 4.0]
+    assert part.timeouts == 0, "call counters stay with the whole call"
+    side_by_side = Scores.concat([s, s])
+    assert len(side_by_side) == 8 and side_by_side.timeouts == 2 and side_by_side.seconds == 2.0
+    assert Scores.concat([s, s], sequential=True).seconds == 4.0
+    with pytest.raises(ValueError, match="component"):
+        Scores(total=np.zeros(2), components={"exact": np.zeros(3)})
+
+
+def test_payloads_are_keyword_only_and_check_themselves():
+    r = _rollouts()
+    with pytest.raises(TypeError):
+        Rollouts(2, r.prompt_ids, r.tokens, r.lengths, None, r.texts, r.finish_reasons, 0)
+    with pytest.raises(ValueError, match="scores for"):
+        SampledBatch(rollouts=r, scores=Scores(total=np.zeros(3), components={}), prompts_sampled=2, data_position=2)
+    no_lp = Rollouts(**{k: getattr(r, k) for k in r.__dataclass_fields__} | {"logprobs": None})
+    with pytest.raises(ValueError, match="rollout_logprobs"):
+        TrainBatch.from_rollouts(no_lp, np.zeros(4), behaviour="rollout")
+    assert TrainBatch.from_rollouts(r, np.zeros(4), behaviour="rollout").select([0, 1]).behaviour == "rollout"
+    with pytest.raises(ValueError, match="rank"):
+        LearnerSpec(
+            rank=2, world_size=2, master_addr="127.0.0.1", master_port=1, model_path="m", base_path="m",
+            config=None, optimizer_steps=1,
+        )  # fmt: skip
+
+
+def test_train_batch_sequences_are_unpadded():
+    batch = TrainBatch.from_rollouts(_rollouts(), np.zeros(4))
+    assert [len(s) for s in batch.sequences()] == [5, 6, 3, 4]
 
 
 def test_sampling_spec_validates():

@@ -14,8 +14,8 @@ BAD = "tests.unit.bad_rewards"
 def make_scorer():
     made = []
 
-    def make(weights, timeout_s=5.0):
-        scorer = Scorer(weights, timeout_s=timeout_s)
+    def make(weights, timeout_s=5.0, think_opened=False):
+        scorer = Scorer(weights, timeout_s=timeout_s, think_opened=think_opened)
         made.append(scorer)
         return scorer
 
@@ -31,6 +31,23 @@ def test_weighted_sum_and_components(make_scorer):
     np.testing.assert_allclose(scores.total, [1.1, 0.1, 0.0], rtol=1e-6)
     assert scores.components["exact"].tolist() == [1.0, 0.0, 0.0]
     assert scores.timeouts == scores.errors == 0
+
+
+def test_format_is_always_reported_and_follows_the_template(make_scorer):
+    texts = ["<think>a</think><answer>12</answer>", "a</think><answer>12</answer>"]
+    plain = make_scorer({"exact": 1.0}).score(texts, ["12", "12"])
+    assert plain.components["format"].tolist() == [1.0, 0.0], "format is measured even at weight 0"
+    np.testing.assert_allclose(plain.total, [1.0, 1.0])
+    opened = make_scorer({"exact": 1.0, "format": 0.5}, think_opened=True).score(texts, ["12", "12"])
+    # the prompt opened <think>: the completion continues the thought and must not open it again
+    assert opened.components["format"].tolist() == [0.0, 1.0]
+    np.testing.assert_allclose(opened.total, [1.0, 1.5])
+
+
+def test_format_under_the_deadline_when_a_chunk_fails(make_scorer):
+    scorer = make_scorer({f"{BAD}:explode": 1.0}, think_opened=True)
+    scores = scorer.score(["a</think><answer>1</answer>"], ["1"])
+    assert scores.errors == 1 and scores.components["format"].tolist() == [1.0]
 
 
 def test_reward_that_sleeps_forever_scores_zero_within_deadline(make_scorer):

@@ -1,18 +1,17 @@
-"""The driver's batch collection, including DAPO dynamic sampling, against a scripted stand-in fleet.
+"""The RL stage's batch collection, including DAPO dynamic sampling, against a scripted stand-in fleet.
 
-Only the driver's bookkeeping is under test here (which groups are kept, how many prompts are
+Only the stage's bookkeeping is under test here (which groups are kept, how many prompts are
 drawn); the real actors are covered in tests/ray and tests/e2e.
 """
 
 import numpy as np
 import pytest
 
-from actors.scorer import Scores
 from cluster.config import RunConfig
-from cluster.driver import collect
-from cluster.payloads import Rollouts
-from cluster.prompts import Prompts
-from cluster.tasks import Example
+from cluster.data.prompts import Prompts
+from cluster.data.tasks import Example
+from cluster.payloads import Rollouts, Scores
+from cluster.stages.rl import collect
 
 
 class ScriptedFleet:
@@ -26,12 +25,22 @@ class ScriptedFleet:
         self.generated += len(prompt_ids)
         tokens = np.ones((n, 3), dtype=np.int32)
         self.last = prompt_ids
-        return Rollouts(group_size, prompt_ids, tokens, np.full(n, 3, np.int32), None, ["x"] * n, ["stop"] * n, 0)
+        return Rollouts(
+            group_size=group_size,
+            prompt_ids=prompt_ids,
+            tokens=tokens,
+            lengths=np.full(n, 3, np.int32),
+            logprobs=None,
+            texts=["x"] * n,
+            finish_reasons=["stop"] * n,
+            policy_version=0,
+            gen_seconds=0.5,
+        )
 
     def score(self, texts, answers):
         g = len(texts) // len(self.last)
         rewards = np.concatenate([np.tile([1.0, 0.0], g // 2) if p[-2] == 1 else np.zeros(g) for p in self.last])
-        return Scores(rewards.astype(np.float32), {"exact": rewards.astype(np.float32)})
+        return Scores(total=rewards.astype(np.float32), components={"exact": rewards.astype(np.float32)}, seconds=0.25)
 
 
 class CharTokenizer:
@@ -72,8 +81,10 @@ def _cfg(dynamic: bool, rounds: int = 3) -> RunConfig:
 
 def test_without_dynamic_sampling_every_group_is_kept():
     cfg = _cfg(False)
-    rollouts, scores, sampled, position = collect(ScriptedFleet(), _prompts(cfg, ["1=", "2=", "1=", "2="]), cfg)
-    assert sampled == 4 and position == 4 and rollouts.num_completions == 16 and len(scores.total) == 16
+    batch = collect(ScriptedFleet(), _prompts(cfg, ["1=", "2=", "1=", "2="]), cfg)
+    assert batch.prompts_sampled == 4 and batch.data_position == 4
+    assert batch.rollouts.num_completions == 16 and len(batch.scores) == 16
+    assert batch.rollouts.gen_seconds == 0.5 and batch.scores.seconds == 0.25
 
 
 def test_dynamic_sampling_refills_with_informative_groups():
@@ -81,19 +92,23 @@ def test_dynamic_sampling_refills_with_informative_groups():
     sequence = ["1=", "2=", "2=", "1=", "1=", "2=", "1=", "2=", "2=", "2="]
     prompts = _prompts(cfg, sequence)
     prompts.train.position = 0
-    rollouts, scores, sampled, position = collect(ScriptedFleet(), prompts, cfg)
-    groups = scores.total.reshape(4, 4)
+    batch = collect(ScriptedFleet(), prompts, cfg)
+    groups = batch.scores.total.reshape(4, 4)
     assert (groups.std(axis=1) > 0).all(), "an all-equal group slipped in"
     # round 1 draws 4 (2 informative), round 2 draws the 2 missing (1), round 3 the last one
-    assert sampled == 7 and position == 7
+    assert batch.prompts_sampled == 7 and batch.data_position == 7
+    # every group's rows travel together: the prompt of group i is the one its completions answer
+    assert [p[-2] for p in batch.rollouts.prompt_ids] == [1, 1, 1, 1]
+    # phases of the three rounds add up
+    assert batch.rollouts.gen_seconds == pytest.approx(1.5) and batch.scores.seconds == pytest.approx(0.75)
 
 
 @pytest.mark.parametrize("rounds", [1, 2])
 def test_dynamic_sampling_pads_with_flat_groups_when_rounds_run_out(rounds):
     cfg = _cfg(True, rounds)
     prompts = _prompts(cfg, ["2=", "1=", "2=", "2="] * 3)
-    rollouts, scores, sampled, _ = collect(ScriptedFleet(), prompts, cfg)
-    assert rollouts.num_completions == 16, "the batch keeps its configured size"
-    assert sampled == 4 + 3 * (rounds - 1)
-    informative = int((scores.total.reshape(4, 4).std(axis=1) > 0).sum())
+    batch = collect(ScriptedFleet(), prompts, cfg)
+    assert batch.rollouts.num_completions == 16, "the batch keeps its configured size"
+    assert batch.prompts_sampled == 4 + 3 * (rounds - 1)
+    informative = int((batch.scores.total.reshape(4, 4).std(axis=1) > 0).sum())
     assert informative == rounds

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from cluster.tasks import AdditionTask, Example
+from cluster.data.tasks import AdditionTask, Example
 
 logger = logging.getLogger(__name__)
 

@@ -4,12 +4,16 @@ Formulas follow DeepSeekMath (GRPO: group-normalised advantages, clipped surroga
 policy), DAPO (asymmetric "clip-higher", token-level loss, dynamic sampling) and Dr. GRPO (no std
 scaling, constant length normaliser), with two optional guards from PPO practice (dual clip, a cap
 on each token's k3 term; r1ray's config turns both on, as verl does). Nothing here knows about Ray or
-models, so the learner calls these and `tests/unit/test_grpo.py` checks them on CPU against loop
-implementations of the papers.
+models, so the learner calls these (through ``GRPOObjective``) and `tests/unit/test_grpo.py` checks
+them on CPU against loop implementations of the papers.
 """
+
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+
+from cluster.algo.objective import LossInputs, Objective
 
 LOSS_AGGS = ("seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm")
 # Log-ratios are clamped to +-this before exp(): beyond it the loss would be finite but exp's backward
@@ -228,3 +232,46 @@ def policy_loss(
             "ratio_max": ratio[bool_mask].max().item() if any_tokens else 0.0,
         }
     return loss, metrics
+
+
+@dataclass(frozen=True, kw_only=True)
+class GRPOObjective(Objective):
+    """``policy_loss`` with a run's settings; the learner calls ``loss`` once per micro-batch."""
+
+    clip_low: float = 0.2
+    clip_high: float = 0.2
+    kl_coef: float = 0.04
+    loss_agg: str = "seq-mean-token-mean"
+    max_tokens: int | None = None
+    """Dr. GRPO's constant normaliser: the most tokens a response may have."""
+    clip_ratio_c: float | None = None
+    kl_max: float | None = None
+
+    @property
+    def uses_reference(self) -> bool:
+        return self.kl_coef > 0
+
+    @property
+    def uses_old_logprobs(self) -> bool:
+        return True
+
+    @property
+    def token_weighted(self) -> bool:
+        return self.loss_agg == "token-mean"
+
+    def loss(self, inputs: LossInputs) -> tuple[Tensor, dict[str, float]]:
+        lp = inputs.logprobs
+        return policy_loss(
+            lp,
+            lp.detach() if inputs.old_logprobs is None else inputs.old_logprobs,
+            inputs.ref_logprobs,
+            inputs.advantages,
+            inputs.mask,
+            clip_low=self.clip_low,
+            clip_high=self.clip_high,
+            kl_coef=self.kl_coef,
+            loss_agg=self.loss_agg,
+            max_tokens=self.max_tokens,
+            clip_ratio_c=self.clip_ratio_c,
+            kl_max=self.kl_max,
+        )

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from cluster.config import DataError, RunConfig
-from cluster.tasks import BUILTIN_TASKS, AdditionTask, Example, PromptStream, load_examples
+from cluster.config import RunConfig
+from cluster.data.tasks import BUILTIN_TASKS, AdditionTask, Example, PromptStream, load_examples
+from cluster.errors import DataError
 
 
 class Prompts:
@@ -31,11 +32,6 @@ class Prompts:
             self.eval = held_out[: data.eval_size]
             self.encode(rows)  # every prompt fits: fail now, not hours into the run
         self.eval_ids = self.encode(self.eval)
-
-    @property
-    def think_opened(self) -> bool:
-        """True when the template ends inside ``<think>`` (R1-Zero): completions start mid-thought."""
-        return self.template.rstrip().endswith("<think>")
 
     def encode(self, examples: list[Example]) -> list[np.ndarray]:
         out = []

@@ -12,7 +12,7 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from cluster.config import DataError
+from cluster.errors import DataError
 
 BUILTIN_TASKS = ("builtin:addition",)
 

@@ -1,8 +1,9 @@
 """The run's actors as one object: create them from the config, fan calls out, tear them down.
 
-The driver talks to ``Fleet`` only: ``generate`` splits prompts over the rollout workers,
-``score`` splits completions over the reward scorers, ``train`` and ``sync_weights`` call every
-learner rank (each takes its shard of one object-store batch; rank 0 broadcasts to the engines).
+Stages talk to ``Fleet`` only: ``generate`` splits prompts over the rollout workers, ``score``
+splits completions over the reward scorers, ``train`` calls every learner rank with one batch and
+an objective (each rank takes its shard of one object-store batch), ``sync_weights`` pushes the
+new weights to every engine and runs the sync check (``runtime/weight_sync.py``).
 """
 
 from __future__ import annotations
@@ -14,10 +15,12 @@ import ray
 
 from actors.learner import PolicyLearner
 from actors.rollout import RolloutWorker
-from actors.scorer import RewardScorer, Scores
+from actors.scorer import RewardScorer
+from cluster.algo.objective import Objective
 from cluster.config import RunConfig
-from cluster.payloads import Rollouts, SamplingSpec, TrainBatch
-from cluster.placement import SCORER_CPUS, Placement, create_placement
+from cluster.payloads import LearnerSpec, Rollouts, SamplingSpec, Scores, TrainBatch
+from cluster.runtime.placement import SCORER_CPUS, Placement, create_placement
+from cluster.runtime.weight_sync import WeightSync, weight_sync_backend
 
 
 @ray.remote(num_cpus=0)
@@ -27,12 +30,6 @@ def _free_address() -> tuple[str, int]:
     with socket.socket() as sock:
         sock.bind(("", 0))
         return ray.util.get_node_ip_address(), sock.getsockname()[1]
-
-
-def weight_sync_backend(cfg: RunConfig) -> str:
-    if cfg.cluster.weight_sync != "auto":
-        return cfg.cluster.weight_sync
-    return "nccl" if cfg.learner.gpus_per_rank and cfg.rollout.gpus_per_worker else "gloo"
 
 
 def actor_env() -> dict[str, str]:
@@ -65,36 +62,34 @@ def _split(n: int, parts: int) -> list[slice]:
 
 
 class Fleet:
-    def __init__(self, cfg: RunConfig, model_path: str, ref_model_path: str, total_steps: int) -> None:
+    def __init__(self, cfg: RunConfig, model_path: str, base_path: str, *, optimizer_steps: int) -> None:
         self.cfg = cfg
         self.rollouts, self.scorers, self.learners = [], [], []
         self.placement: Placement = create_placement(cfg)
         try:
-            self._start(model_path, ref_model_path, total_steps)
+            self._start(model_path, base_path, optimizer_steps)
         except BaseException:
             self.shutdown()  # no actors or reserved bundles outlive a failed start
             raise
 
-    def _start(self, model_path: str, ref_model_path: str, total_steps: int) -> None:
+    def _start(self, model_path: str, base_path: str, optimizer_steps: int) -> None:
         cfg = self.cfg
         self.rollouts = [self._rollout(i, model_path) for i in range(cfg.rollout.num_workers)]
         self.scorers = [
             RewardScorer.options(name=f"reward-{i}", num_cpus=SCORER_CPUS).remote(
-                cfg.reward.weights, cfg.reward.timeout_s
+                cfg.reward.weights, cfg.reward.timeout_s, think_opened=cfg.data.think_opened
             )
             for i in range(cfg.reward.num_scorers)
         ]
-        self.learners = self._learners(model_path, ref_model_path, total_steps)
+        self.learners = self._learners(model_path, base_path, optimizer_steps)
         ray.get([w.ready.remote() for w in self.rollouts])
-        self.sync_backend = weight_sync_backend(cfg)
-        addr, port = ray.get(_free_address.options(scheduling_strategy=self.placement.learner_slot(0)).remote())
         tp = max(1, cfg.rollout.gpus_per_worker)
-        ray.get(
-            [
-                learner.init_weight_sync.remote(self.sync_backend, self.rollouts, addr, port, tp)
-                for learner in self.learners
-            ]
-        )
+        self.weights = WeightSync(self.learners, self.rollouts, weight_sync_backend(cfg), ranks_per_engine=tp)
+        self.weights.connect(*self._rank0_address())
+
+    def _rank0_address(self) -> tuple[str, int]:
+        """A free port on learner rank 0's node: rendezvous of its process groups."""
+        return ray.get(_free_address.options(scheduling_strategy=self.placement.learner_slot(0)).remote())
 
     def _rollout(self, index: int, model_path: str):
         cfg = self.cfg
@@ -117,34 +112,35 @@ class Fleet:
             trust_remote_code=cfg.model.trust_remote_code,
         )
 
-    def _learners(self, model_path: str, ref_model_path: str, total_steps: int) -> list:
+    def _learners(self, model_path: str, base_path: str, optimizer_steps: int) -> list:
         cfg = self.cfg
-        # The process group's rendezvous lives on rank 0's node: ask that bundle for an address.
-        addr, port = ray.get(_free_address.options(scheduling_strategy=self.placement.learner_slot(0)).remote())
-        return [
-            PolicyLearner.options(
-                name=f"learner-{rank}",
-                num_cpus=cfg.learner.cpus_per_rank,
-                num_gpus=cfg.learner.gpus_per_rank,
-                resources=cfg.learner.resources or None,
-                scheduling_strategy=self.placement.learner_slot(rank),
-                runtime_env={"env_vars": actor_env()},
-            ).remote(
-                rank,
-                cfg.learner.world_size,
-                model_path,
-                cfg.learner,
-                cfg.grpo,
+        addr, port = self._rank0_address()
+        specs = [
+            LearnerSpec(
+                rank=rank,
+                world_size=cfg.learner.world_size,
                 master_addr=addr,
                 master_port=port,
-                temperature=cfg.rollout.temperature or 1.0,
-                max_response_len=cfg.model.max_response_len,
-                total_steps=total_steps,
+                model_path=model_path,
+                base_path=base_path,
+                config=cfg.learner,
+                optimizer_steps=optimizer_steps,
+                reference=cfg.grpo.kl_coef > 0,
                 seed=cfg.seed,
-                ref_model_path=ref_model_path,
                 trust_remote_code=cfg.model.trust_remote_code,
             )
             for rank in range(cfg.learner.world_size)
+        ]
+        return [
+            PolicyLearner.options(
+                name=f"learner-{spec.rank}",
+                num_cpus=cfg.learner.cpus_per_rank,
+                num_gpus=cfg.learner.gpus_per_rank,
+                resources=cfg.learner.resources or None,
+                scheduling_strategy=self.placement.learner_slot(spec.rank),
+                runtime_env={"env_vars": actor_env()},
+            ).remote(spec)
+            for spec in specs
         ]
 
     # ------------------------------------------------------------------ calls
@@ -160,25 +156,13 @@ class Fleet:
         refs = [s.score.remote(texts[p], answers[p]) for s, p in zip(scorers, parts, strict=True)]
         return Scores.concat(ray.get(refs))
 
-    def train(self, batch: TrainBatch) -> dict[str, float]:
+    def train(self, batch: TrainBatch, objective: Objective) -> dict[str, float]:
         ref = ray.put(batch)
-        return ray.get([learner.train_step.remote(ref) for learner in self.learners])[0]
+        return ray.get([learner.train_step.remote(ref, objective) for learner in self.learners])[0]
 
-    def sync_weights(self, version: int) -> dict[str, float]:
-        return ray.get([learner.sync_weights.remote(version) for learner in self.learners])[0]
-
-    def check_sync(self, probe: TrainBatch) -> dict[str, float]:
-        """Largest |engine - learner| logprob over the probe's response tokens, on every engine."""
-        # vLLM computes prompt logprobs without the sampling temperature: compare at T = 1.
-        learner_lp = ray.get([learner.compute_logprobs.remote(probe, temperature=1.0) for learner in self.learners])[0]
-        sequences = [
-            row[: p + r] for row, p, r in zip(probe.input_ids, probe.prompt_lens, probe.response_lens, strict=True)
-        ]
-        worst = 0.0
-        for engine_lp in ray.get([w.prompt_logprobs.remote(sequences) for w in self.rollouts]):
-            for i, (lp, p, r) in enumerate(zip(engine_lp, probe.prompt_lens, probe.response_lens, strict=True)):
-                worst = max(worst, float(np.abs(lp[p : p + r] - learner_lp[i, :r]).max(initial=0.0)))
-        return {"rollout/logprob_diff_max": worst}
+    def sync_weights(self, version: int, probe: TrainBatch) -> dict[str, float]:
+        """Push the learner's weights to every engine, then prove it on ``probe``'s first rows."""
+        return self.weights.push(version) | self.weights.check(probe)
 
     def save_checkpoint(self, path: str) -> None:
         ray.get([learner.save_checkpoint.remote(path) for learner in self.learners])

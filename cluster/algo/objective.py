@@ -1,0 +1,67 @@
+"""What a learner optimises: an ``Objective`` turns per-token logprobs of a micro-batch into a loss.
+
+The learner is objective-agnostic: it computes the response tokens' logprobs once per micro-batch
+(at ``objective.temperature``) and hands them to ``objective.loss``; GRPO (``algo/grpo.py``) and SFT
+(``algo/sft.py``) are the two kinds. Objectives are small frozen dataclasses sent with every
+``train_step`` call, so the learner holds no schedule of its own.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+from torch import Tensor
+
+
+@dataclass(kw_only=True)
+class LossInputs:
+    """One micro-batch, (B, R) tensors on the learner's device."""
+
+    logprobs: Tensor
+    """The trained model's logprobs of the response tokens (with gradient)."""
+    mask: Tensor
+    """1.0 on response tokens, 0.0 on padding."""
+    advantages: Tensor
+    """(B,) per-sequence advantages."""
+    old_logprobs: Tensor | None = None
+    """Behaviour policy's logprobs; None means the batch is on-policy (the trained forward itself)."""
+    ref_logprobs: Tensor | None = None
+    """The frozen reference model's logprobs, when the objective asks for them."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Objective(ABC):
+    epochs: int = 1
+    """Passes over each batch."""
+    mini_batches: int = 1
+    """Optimizer steps per pass."""
+    temperature: float = 1.0
+    """Logprobs are of ``softmax(logits / temperature)``: the sampling temperature for RL, 1 for SFT."""
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.mini_batches < 1 or self.temperature <= 0:
+            raise ValueError(f"invalid objective {self}")
+
+    @property
+    def updates(self) -> int:
+        return self.epochs * self.mini_batches
+
+    @property
+    def uses_reference(self) -> bool:
+        """Whether ``loss`` needs ``ref_logprobs``."""
+        return False
+
+    @property
+    def uses_old_logprobs(self) -> bool:
+        """Whether ``loss`` needs the behaviour policy's logprobs (a ratio to the sampling policy)."""
+        return False
+
+    @property
+    def token_weighted(self) -> bool:
+        """Micro-batches (and ranks) combine weighted by tokens (True) or by sequences (False)."""
+        return True
+
+    @abstractmethod
+    def loss(self, inputs: LossInputs) -> tuple[Tensor, dict[str, float]]:
+        """The scalar loss of one micro-batch and its metrics."""

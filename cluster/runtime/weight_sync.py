@@ -1,0 +1,58 @@
+"""Weight sync between the learner ranks and the rollout engines: connect once, push every step, prove it.
+
+``push`` broadcasts the learner's weights to every engine (learner rank 0 sends through vLLM's
+weight-transfer API: ``nccl`` on GPUs, r1ray's ``gloo`` engine on CPU, see ``cluster/transfer``).
+``check`` is the one sync check: after each push, every engine and the learner score the same
+probe sequences and ``algo.sync.logprob_gap`` compares them; a stale or partly updated engine
+shows up at once in ``rollout/logprob_diff_max``.
+"""
+
+from __future__ import annotations
+
+import time
+
+import ray
+
+from cluster.algo.sync import logprob_gap
+from cluster.config import RunConfig
+from cluster.payloads import TrainBatch
+
+SYNC_PROBE_ROWS = 8
+
+
+def weight_sync_backend(cfg: RunConfig) -> str:
+    if cfg.cluster.weight_sync != "auto":
+        return cfg.cluster.weight_sync
+    return "nccl" if cfg.learner.gpus_per_rank and cfg.rollout.gpus_per_worker else "gloo"
+
+
+class WeightSync:
+    def __init__(self, learners: list, rollouts: list, backend: str, ranks_per_engine: int = 1) -> None:
+        self.learners, self.rollouts = learners, rollouts
+        self.backend, self.ranks_per_engine = backend, ranks_per_engine
+
+    def connect(self, address: str, port: int) -> None:
+        """Form the transfer group (learner rank 0 plus every engine's ranks) once."""
+        calls = [
+            learner.init_weight_sync.remote(self.backend, self.rollouts, address, port, self.ranks_per_engine)
+            for learner in self.learners
+        ]
+        ray.get(calls)
+
+    def push(self, version: int) -> dict[str, float]:
+        """Broadcast the learner's weights to every engine, which then reports policy ``version``."""
+        return ray.get([learner.sync_weights.remote(version) for learner in self.learners])[0]
+
+    def check(self, batch: TrainBatch) -> dict[str, float]:
+        """The learner's and every engine's logprobs of the first rows of ``batch``, compared."""
+        start = time.perf_counter()
+        probe = batch.select(slice(0, SYNC_PROBE_ROWS))
+        # vLLM applies no sampling processors to prompt logprobs: compare at temperature 1.
+        learner = self.learners[0].compute_logprobs.remote(probe, temperature=1.0)
+        others = [rank.compute_logprobs.remote(probe, temperature=1.0) for rank in self.learners[1:]]
+        sequences = probe.sequences()
+        engines = ray.get([worker.prompt_logprobs.remote(sequences) for worker in self.rollouts])
+        learner_lp = ray.get(learner)
+        ray.get(others)  # every FSDP rank joins the forward's parameter gathers
+        gap = logprob_gap(learner_lp, engines, probe.prompt_lens, probe.response_lens)
+        return gap | {"time/sync_check_s": time.perf_counter() - start}

@@ -1,0 +1,122 @@
+"""What every stage needs: its run folder, the base model, sampling specs, checkpoints and a summary.
+
+A stage's run folder is ``<output_dir>/<name>/``: the resolved ``config.yaml``, ``metrics.jsonl``,
+TensorBoard events, ``checkpoints/step-<N>/``, ``plots/`` and ``summary.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from cluster.config import RunConfig, dump_config
+from cluster.errors import DataError
+from cluster.payloads import SamplingSpec
+from cluster.stages import checkpoint
+
+
+def sampling_spec(cfg: RunConfig, kind: Literal["train", "eval", "greedy"]) -> SamplingSpec:
+    """How a stage samples: ``train`` rollouts (with the engine's logprobs), sampled ``eval`` at the rollout
+    temperature, or ``greedy``."""
+    stop, max_tokens = tuple(cfg.rollout.stop), cfg.model.max_response_len
+    if kind == "train":
+        return SamplingSpec(
+            temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p, max_tokens=max_tokens, stop=stop
+        )
+    if kind == "eval":
+        return SamplingSpec(temperature=cfg.rollout.temperature, max_tokens=max_tokens, stop=stop, logprobs=False)
+    if kind == "greedy":
+        return SamplingSpec(temperature=0.0, max_tokens=max_tokens, stop=stop, logprobs=False)
+    raise ValueError(f"unknown sampling kind {kind!r}: expected 'train', 'eval' or 'greedy'")
+
+
+def every(k: int, step: int) -> bool:
+    """True on every k-th step (never for k = 0)."""
+    return bool(k) and step % k == 0
+
+
+@dataclass(kw_only=True)
+class StageStart:
+    """Where a stage begins: its model, tokenizer and the state of its last checkpoint (if resumed)."""
+
+    base_model: str
+    tokenizer: object
+    last_checkpoint: Path | None
+    state: dict
+
+
+def open_run(cfg: RunConfig, resume: bool, start_cluster: Callable[[RunConfig], None]) -> StageStart:
+    """Prepare the run folder (moving an old run aside unless resuming), join Ray, resolve the base model."""
+    run_dir = cfg.run_dir
+    if not resume:
+        archive_previous_run(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(dump_config(cfg))
+    start_cluster(cfg)
+    base_model = resolve_model(cfg)
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(base_model, trust_remote_code=cfg.model.trust_remote_code)
+    last = checkpoint.latest(run_dir) if resume else None
+    state = checkpoint.load_driver_state(last) if last else {"step": 0, "data_position": 0, "evals": []}
+    return StageStart(base_model=base_model, tokenizer=tokenizer, last_checkpoint=last, state=state)
+
+
+def archive_previous_run(run_dir: Path) -> None:
+    """A fresh run never overwrites an old one: a non-empty run folder is renamed aside first."""
+    if run_dir.is_dir() and any(run_dir.iterdir()):
+        aside = run_dir.with_name(f"{run_dir.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+        run_dir.rename(aside)
+        print(f"previous run moved to {aside} (use --resume {run_dir} to continue a run instead)", flush=True)
+
+
+def resolve_model(cfg: RunConfig) -> str:
+    """The base model's path; the builtin one is built (once) under ``<output_dir>/_builtin``."""
+    from cluster.data.builtin_model import BUILTIN_NAME, build_base_model
+
+    if cfg.model.path == BUILTIN_NAME:
+        path = build_base_model(
+            cfg.output_dir,
+            digits=cfg.data.digits,
+            seed=cfg.seed,
+            eval_size=cfg.data.eval_size,
+            steps=cfg.model.builtin_pretrain_steps,
+            target_accuracy=cfg.model.builtin_target_accuracy,
+        )
+        return str(path)
+    if cfg.model.path.startswith("builtin:"):
+        raise DataError(f"model.path: unknown builtin model {cfg.model.path!r}; known: {BUILTIN_NAME!r}")
+    local = cfg.model.path.startswith((".", "/", "~")) or Path(cfg.model.path).exists()
+    if local and not (Path(cfg.model.path).expanduser() / "config.json").is_file():
+        raise DataError(f"model.path: {cfg.model.path} is not a Hugging Face model folder (no config.json)")
+    return cfg.model.path
+
+
+def save_checkpoint(fleet, cfg: RunConfig, step: int, data_position: int, evals: list) -> None:
+    """``data_position``: the prompt stream's position after the last batch trained on (not one in flight)."""
+    state = {
+        "step": step,
+        "policy_version": step,
+        "data_position": data_position,
+        "evals": [e.to_dict() for e in evals],
+    }
+    path = checkpoint.save(cfg.run_dir, step, fleet.save_checkpoint, state, keep=cfg.keep_checkpoints)
+    print(f"checkpoint: {path}", flush=True)
+
+
+def write_summary(cfg: RunConfig, evals: list, steps: int, wall_s: float, plots: Path) -> dict:
+    summary = {
+        "run": cfg.name,
+        "eval_before": evals[0].to_dict(),
+        "eval_after": evals[-1].to_dict(),
+        "evals": [e.to_dict() for e in evals],
+        "steps": steps,
+        "wall_s": wall_s,
+        "plots": str(plots),
+    }
+    (cfg.run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    return summary

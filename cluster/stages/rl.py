@@ -1,0 +1,216 @@
+"""The RL stage: DeepSeek-R1-Zero's GRPO loop over Ray actors.
+
+Each step: take prompts, sample G completions per prompt on the rollout workers, score them with
+rule-based rewards, turn rewards into group-relative advantages, update the policy on the
+learner ranks, broadcast the new weights to every rollout engine (and prove it), log. Run it with
+``r1ray train`` (the embedded demo) or ``r1ray train --config deploy/configs/<x>.yaml``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+
+import numpy as np
+import torch
+
+from cluster.algo.grpo import GRPOObjective, dynamic_sampling_mask, group_advantages
+from cluster.config import RunConfig
+from cluster.data.prompts import Prompts
+from cluster.payloads import Behaviour, Rollouts, SampledBatch, Scores, TrainBatch
+from cluster.runtime.metrics import MetricsLogger
+from cluster.stages.common import every, open_run, sampling_spec, save_checkpoint, write_summary
+from cluster.stages.evaluate import EvalResult, evaluate
+from cluster.stages.report import plot_run, print_table, progress_line
+
+
+def train(cfg: RunConfig, resume: bool = False) -> dict:
+    from cluster.runtime.fleet import Fleet
+    from cluster.runtime.ray_cluster import start_ray
+
+    start = open_run(cfg, resume, start_ray)
+    prompts = Prompts(cfg, start.tokenizer)
+    prompts.train.position = start.state["data_position"]
+    last = start.last_checkpoint
+    updates = cfg.grpo.epochs * cfg.grpo.mini_batches
+    fleet = Fleet(cfg, str(last or start.base_model), start.base_model, optimizer_steps=cfg.grpo.steps * updates)
+    try:
+        if last:
+            fleet.load_checkpoint(str(last))
+            print(f"resumed from {last} at step {start.state['step']}", flush=True)
+        log = MetricsLogger(cfg.run_dir, cfg.name, resume_step=start.state["step"])
+        evals = [EvalResult.from_dict(e) for e in start.state["evals"]]
+        if not evals:
+            evals.append(evaluate(fleet, prompts, cfg, step=0))
+            print(f"eval before GRPO: {evals[-1].text()}", flush=True)
+        began = time.perf_counter()
+        position = rl_loop(fleet, prompts, cfg, log, evals, first_step=start.state["step"] + 1)
+        if evals[-1].step != cfg.grpo.steps:
+            evals.append(evaluate(fleet, prompts, cfg, step=cfg.grpo.steps))
+        save_checkpoint(fleet, cfg, cfg.grpo.steps, position, evals)
+        log.close()
+        plots = plot_run(cfg.run_dir, evals)
+        summary = write_summary(cfg, evals, cfg.grpo.steps, time.perf_counter() - began, plots)
+    finally:
+        fleet.shutdown()
+    print_table(cfg.run_dir, summary)
+    return summary
+
+
+def rl_loop(fleet, prompts: Prompts, cfg: RunConfig, log: MetricsLogger, evals: list, first_step: int) -> int:
+    """GRPO steps ``first_step..grpo.steps``; returns the prompt stream's position after the last batch."""
+    position = prompts.train.position
+    objective = grpo_objective(cfg)
+    behaviour = behaviour_policy(cfg)
+    schedule = RolloutSchedule(lambda: collect(fleet, prompts, cfg), ahead=cfg.grpo.async_rollouts)
+    try:
+        for step in range(first_step, cfg.grpo.steps + 1):
+            started = time.perf_counter()
+            more = step < cfg.grpo.steps
+            sampled = schedule.batch(prefetch=more)
+            position = sampled.data_position
+            g = cfg.grpo.group_size
+            advantages = group_advantages(torch.as_tensor(sampled.scores.total), g, scale=cfg.grpo.scale_advantages)
+            batch = TrainBatch.from_rollouts(sampled.rollouts, advantages.numpy(), behaviour)
+            train_started = time.perf_counter()
+            train_metrics = fleet.train(batch, objective)
+            train_s = time.perf_counter() - train_started
+            schedule.settle()  # the engines finish sampling before they take new weights
+            sync = fleet.sync_weights(step, probe=batch)
+            row = step_metrics(step, cfg, sampled, train=train_metrics, sync=sync, train_s=train_s, started=started)
+            log.log(row)
+            print(progress_line(row, cfg.grpo.steps), flush=True)
+            report_reward_failures(sampled.scores)
+            if more and every(cfg.eval_every, step):
+                evals.append(evaluate(fleet, prompts, cfg, step=step))
+                print(f"eval at step {step}: {evals[-1].text()}", flush=True)
+            if more and every(cfg.checkpoint_every, step):
+                save_checkpoint(fleet, cfg, step, position, evals)
+    finally:
+        schedule.close()
+    return position
+
+
+class RolloutSchedule:
+    """Where each step's batch comes from. Synchronous: sampled when the step asks for it, with the
+    newest weights. One step off-policy (``ahead``): the next batch is sampled with the current
+    weights while the learner trains on this one; ``settle`` waits for it before the weights change."""
+
+    def __init__(self, sample: Callable[[], SampledBatch], *, ahead: bool) -> None:
+        self.sample, self.ahead = sample, ahead
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rollouts") if ahead else None
+        self.pending: Future | None = None
+
+    def batch(self, *, prefetch: bool) -> SampledBatch:
+        """This step's batch; ahead of time, start sampling the next one if ``prefetch``."""
+        batch = self.pending.result() if self.pending else self.sample()
+        self.pending = self.pool.submit(self.sample) if self.pool and prefetch else None
+        return batch
+
+    def settle(self) -> None:
+        if self.pending:
+            wait([self.pending])
+
+    def close(self) -> None:
+        if self.pool:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+def grpo_objective(cfg: RunConfig) -> GRPOObjective:
+    g = cfg.grpo
+    return GRPOObjective(
+        epochs=g.epochs,
+        mini_batches=g.mini_batches,
+        temperature=cfg.rollout.temperature,
+        clip_low=g.clip_low,
+        clip_high=g.clip_high,
+        kl_coef=g.kl_coef,
+        loss_agg=g.loss_agg,
+        max_tokens=cfg.model.max_response_len,
+        clip_ratio_c=g.clip_ratio_c,
+        kl_max=g.kl_max,
+    )
+
+
+def behaviour_policy(cfg: RunConfig) -> Behaviour:
+    """Stale (one-step-off) rollouts need the engine's logprobs; so does ``grpo.old_logprobs: rollout``
+    when a batch takes several updates. One on-policy update needs none: the training forward is its own."""
+    several = cfg.grpo.epochs * cfg.grpo.mini_batches > 1
+    return "rollout" if cfg.grpo.async_rollouts or (several and cfg.grpo.old_logprobs == "rollout") else "learner"
+
+
+def collect(fleet, prompts: Prompts, cfg: RunConfig) -> SampledBatch:
+    """Sample and score one batch of groups; with DAPO dynamic sampling, keep groups whose rewards differ."""
+    g, want = cfg.grpo.group_size, cfg.grpo.prompts_per_step
+    spec = sampling_spec(cfg, "train")
+    rounds: list[tuple[Rollouts, Scores]] = []
+    kept, dropped, sampled = [], [], 0  # (round, group) pairs
+    for _ in range(cfg.grpo.max_sampling_rounds if cfg.grpo.dynamic_sampling else 1):
+        examples = prompts.train.take(want - len(kept))
+        sampled += len(examples)
+        rollouts = fleet.generate(prompts.encode(examples), g, spec)
+        scores = fleet.score(rollouts.texts, [ex.answer for ex in examples for _ in range(g)])
+        informative = dynamic_sampling_mask(torch.as_tensor(scores.total), g).numpy()
+        for i in range(len(examples)):
+            (kept if informative[i] or not cfg.grpo.dynamic_sampling else dropped).append((len(rounds), i))
+        rounds.append((rollouts, scores))
+        if len(kept) >= want:
+            break
+    chosen = (kept + dropped)[:want]  # refill with uninformative groups (zero advantage) if rounds ran out
+    return SampledBatch(
+        rollouts=_join_rollouts(rounds, chosen),
+        scores=_join_scores(rounds, chosen),
+        prompts_sampled=sampled,
+        data_position=prompts.train.position,
+    )
+
+
+def _join_rollouts(rounds: list[tuple[Rollouts, Scores]], chosen: list[tuple[int, int]]) -> Rollouts:
+    joined = Rollouts.concat([rounds[r][0].select_groups([i]) for r, i in chosen])
+    joined.gen_seconds = sum(rollouts.gen_seconds for rollouts, _ in rounds)
+    return joined
+
+
+def _join_scores(rounds: list[tuple[Rollouts, Scores]], chosen: list[tuple[int, int]]) -> Scores:
+    g = rounds[0][0].group_size
+    rows = Scores.concat([rounds[r][1].select(slice(i * g, (i + 1) * g)) for r, i in chosen])
+    calls = Scores.concat([scores for _, scores in rounds], sequential=True)  # the rounds' counters
+    calls.total, calls.components = rows.total, rows.components
+    return calls
+
+
+def step_metrics(
+    step: int, cfg: RunConfig, sampled: SampledBatch, *, train: dict, sync: dict, train_s: float, started: float
+) -> dict:
+    rollouts, scores = sampled.rollouts, sampled.scores
+    lengths = rollouts.lengths.astype(np.float64)
+    row = {
+        "step": step,
+        "policy_version": step,
+        "rollout/policy_version": rollouts.policy_version,
+        "rollout/staleness": step - 1 - rollouts.policy_version,
+        "reward/mean": float(scores.total.mean()),
+        "reward/accuracy": float(scores.components[cfg.reward.accuracy_key].mean()),
+        **{f"reward/{k}": float(v.mean()) for k, v in scores.components.items()},
+        "reward/timeouts": scores.timeouts,
+        "reward/errors": scores.errors,
+        "response_length/mean": float(lengths.mean()),
+        "response_length/max": float(lengths.max()),
+        "response_length/clip_ratio": float(np.mean([f == "length" for f in rollouts.finish_reasons])),
+        "data/prompts_sampled": sampled.prompts_sampled,
+        **train,
+        **sync,
+        "time/rollout_s": rollouts.gen_seconds,
+        "time/reward_s": scores.seconds,
+        "time/train_s": train_s,
+        "throughput/tokens_per_s": float(lengths.sum()) / max(rollouts.gen_seconds, 1e-9),
+    }
+    row["time/step_s"] = time.perf_counter() - started
+    return row
+
+
+def report_reward_failures(scores: Scores) -> None:
+    if scores.error_messages:
+        counts = f"{scores.timeouts} timeouts, {scores.errors} errors"
+        print(f"  reward failures ({counts}), first: {scores.error_messages[0]}", flush=True)
