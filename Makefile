@@ -7,7 +7,7 @@ STAMP := $(VENV)/.r1ray-installed
 # Token auth is on by default for a local Ray 2.60 cluster; the demo's dashboard listens on 127.0.0.1 only.
 export RAY_AUTH_MODE ?= disabled
 
-.PHONY: install demo test test-fast lint gpu-test clean
+.PHONY: install demo demo-drgrpo test test-fast lint gpu-test clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,10 @@ install: $(STAMP)
 
 demo: install
 	$(BIN)/r1ray train
+
+# The same demo under Dr. GRPO's loss (constant length normaliser, unscaled advantages): no length bias.
+demo-drgrpo: install
+	$(BIN)/r1ray train --config deploy/configs/demo-drgrpo.yaml
 
 test: install
 	$(BIN)/python -m pytest -x -q

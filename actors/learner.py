@@ -20,7 +20,7 @@ import torch
 import torch.distributed as dist
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
-from cluster.algo.grpo import entropy_from_logits, token_logprobs
+from cluster.algo.logprobs import entropy_from_logits, token_logprobs
 from cluster.algo.objective import LossInputs, Objective
 from cluster.config import LearnerConfig
 from cluster.payloads import LearnerSpec, TrainBatch
@@ -137,6 +137,8 @@ class LearnerRank:
     def train_step(self, batch: TrainBatch, objective: Objective) -> dict[str, float]:
         """``objective.epochs`` passes of ``objective.mini_batches`` optimizer steps over this rank's shard;
         returns metrics averaged over updates and ranks."""
+        if objective.uses_reference and self.ref is None:
+            raise ValueError(f"{type(objective).__name__} needs the reference model, and this learner has none")
         start = time.perf_counter()
         shard = self._shard(batch, objective.mini_batches)
         old = self._old_logprobs(shard, objective)

@@ -3,7 +3,9 @@
 ``Scorer`` is the plain class; ``RewardScorer`` its Ray actor, named ``reward-<i>`` (a small pool
 of them splits each batch). Completions are scored in chunks inside killable worker processes; a
 chunk that overruns or fails is re-scored one completion and one reward at a time, so only the
-offending pair scores 0, and it is counted in ``reward/timeouts`` or ``reward/errors``.
+offending pair scores 0, and it is counted in ``reward/timeouts`` or ``reward/errors``. What runs in
+the workers lives in ``rewards.registry`` (pure Python), so a fresh worker imports no Ray, torch or
+pydantic inside a deadline.
 The R1-Zero ``format`` reward is always among the components (weight 0 unless configured), so
 every batch reports its format rate, scored under the same deadline, for the configured template.
 """
@@ -16,18 +18,11 @@ import numpy as np
 import ray
 
 from cluster.payloads import Scores
-from rewards import WeightedReward, get_reward
+from rewards import WeightedReward
 from rewards.deadline import DeadlineExecutor
+from rewards.registry import score_one, score_rows
 
 CHUNK = 64
-
-
-def _score_chunk(reward: WeightedReward, completions: list[str], answers: list[str]) -> list[dict[str, float]]:
-    return [reward(c, a)[1] for c, a in zip(completions, answers, strict=True)]
-
-
-def _score_one(name: str, think_opened: bool, completion: str, answer: str) -> float:
-    return float(get_reward(name, think_opened=think_opened)(completion, answer))
 
 
 class Scorer:
@@ -51,7 +46,7 @@ class Scorer:
         messages: list[str] = []
         for i in range(0, len(completions), CHUNK):
             chunk_c, chunk_a = completions[i : i + CHUNK], answers[i : i + CHUNK]
-            outcome = self.executor.run(_score_chunk, self.reward, chunk_c, chunk_a, timeout=self.timeout_s)
+            outcome = self.executor.run(score_rows, self.reward, chunk_c, chunk_a, timeout=self.timeout_s)
             if outcome.status == "ok":
                 rows.extend(outcome.value)
             else:
@@ -73,7 +68,7 @@ class Scorer:
     ) -> dict[str, float]:
         row = {}
         for name in self.reward.names:
-            outcome = self.executor.run(_score_one, name, self.think_opened, completion, answer, timeout=self.timeout_s)
+            outcome = self.executor.run(score_one, name, self.think_opened, completion, answer, timeout=self.timeout_s)
             row[name] = outcome.value if outcome.status == "ok" else 0.0
             if outcome.status != "ok":
                 counts[outcome.status] += 1

@@ -44,10 +44,13 @@ class ModelConfig(_Section):
     """Most tokens generated per completion (the one owner of the response length)."""
     trust_remote_code: bool = False
     """Let transformers and vLLM run code shipped with the model."""
-    builtin_pretrain_steps: int = Field(400, ge=1)
-    """Most pre-training steps of the builtin model (it stops at the first probe reaching the target)."""
-    builtin_target_accuracy: float = Field(0.15, ge=0.0, le=1.0)
-    """Sampled held-out accuracy at which the builtin model's pre-training stops."""
+    builtin_pretrain_steps: int = Field(500, ge=1)
+    """Pre-training steps of the builtin model (a fixed schedule: warm-up, then cosine decay)."""
+    builtin_long_fraction: float = Field(0.2, ge=0.0, le=1.0)
+    """Share of the builtin model's pre-training answers that work the problem out; the rest answer in
+    one short line, so the base rarely thinks and is mostly wrong (what RL has to change)."""
+    builtin_long_only_steps: int = Field(350, ge=0)
+    """First pre-training steps on worked answers only: the skill, before the mixture makes it rare."""
 
 
 class DataConfig(_Section):

@@ -76,16 +76,15 @@ class Rollouts:
         )
 
     @staticmethod
-    def concat(parts: list[Rollouts], *, sequential: bool = False) -> Rollouts:
-        """Join parts, padding to the longest completion. ``gen_seconds``: the slowest part when they were
-        generated side by side (shards of several workers), the sum when ``sequential`` (rounds)."""
+    def concat(parts: list[Rollouts]) -> Rollouts:
+        """Join parts generated side by side (shards of several workers), padding to the longest
+        completion; ``gen_seconds`` is the slowest part's."""
         width = max(p.tokens.shape[1] for p in parts)
 
         def pad(a: np.ndarray) -> np.ndarray:
             return np.pad(a, ((0, 0), (0, width - a.shape[1])))
 
         has_lp = all(p.logprobs is not None for p in parts)
-        seconds = [p.gen_seconds for p in parts]
         return Rollouts(
             group_size=parts[0].group_size,
             prompt_ids=[ids for p in parts for ids in p.prompt_ids],
@@ -95,7 +94,7 @@ class Rollouts:
             texts=[t for p in parts for t in p.texts],
             finish_reasons=[f for p in parts for f in p.finish_reasons],
             policy_version=min(p.policy_version for p in parts),
-            gen_seconds=sum(seconds) if sequential else max(seconds),
+            gen_seconds=max(p.gen_seconds for p in parts),
         )
 
 

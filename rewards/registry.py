@@ -101,3 +101,13 @@ class WeightedReward:
 
 def _rebuild(weights: dict[str, float], think_opened: bool) -> WeightedReward:
     return WeightedReward(weights, think_opened=think_opened)
+
+
+def score_rows(reward: WeightedReward, completions: list[str], answers: list[str]) -> list[dict[str, float]]:
+    """Each completion's raw component scores (what a scorer's deadline worker runs for a chunk)."""
+    return [reward(c, a)[1] for c, a in zip(completions, answers, strict=True)]
+
+
+def score_one(name: str, think_opened: bool, completion: str, answer: str) -> float:
+    """One reward of one completion (a scorer's deadline worker, after a chunk failed)."""
+    return float(get_reward(name, think_opened=think_opened)(completion, answer))

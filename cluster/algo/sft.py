@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from cluster.algo.grpo import masked_mean
+from cluster.algo.logprobs import masked_mean
 from cluster.algo.objective import LossInputs, Objective
 
 

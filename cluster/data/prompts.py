@@ -7,6 +7,7 @@ import numpy as np
 from cluster.config import RunConfig
 from cluster.data.tasks import BUILTIN_TASKS, AdditionTask, Example, PromptStream, load_examples
 from cluster.errors import DataError
+from cluster.payloads import TrainBatch
 
 
 class Prompts:
@@ -32,6 +33,18 @@ class Prompts:
             self.eval = held_out[: data.eval_size]
             self.encode(rows)  # every prompt fits: fail now, not hours into the run
         self.eval_ids = self.encode(self.eval)
+
+    def probe_batch(self) -> TrainBatch:
+        """Held-out prompts as sequences whose every token after the first is scored: a sync-check probe
+        that needs no sampling."""
+        ids = self.eval_ids[:8]
+        width = max(len(x) for x in ids)
+        return TrainBatch(
+            input_ids=np.stack([np.pad(x, (0, width - len(x))) for x in ids]).astype(np.int64),
+            prompt_lens=np.ones(len(ids), dtype=np.int64),
+            response_lens=np.array([len(x) - 1 for x in ids], dtype=np.int64),
+            advantages=np.zeros(len(ids), dtype=np.float32),
+        )
 
     def encode(self, examples: list[Example]) -> list[np.ndarray]:
         out = []

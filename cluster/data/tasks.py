@@ -2,8 +2,9 @@
 
 The built-in ``addition`` task is the embedded default: ``347+285=`` answered as
 ``<think>7+5+0=12;4+8+1=13;3+2+1=06</think><answer>632</answer>``, column by column with the carry,
-so a small model has a chain of thought to get right. Held-out problems never appear in training.
-Real datasets are local JSONL / JSON / Parquet files read with Hugging Face ``datasets``.
+so a small model has a chain of thought to get right (or, short: ``<think></think><answer>632</answer>``).
+Held-out problems never appear in training. Real datasets are local JSONL / JSON / Parquet files
+read with Hugging Face ``datasets``.
 """
 
 from __future__ import annotations
@@ -17,12 +18,14 @@ from cluster.errors import DataError
 BUILTIN_TASKS = ("builtin:addition",)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Example:
     prompt: str
     answer: str
     solution: str = ""
     """A worked ``<think>...</think><answer>...</answer>`` completion, for pre-training (builtin tasks)."""
+    short_solution: str = ""
+    """The same answer with an empty chain of thought, ``<think></think><answer>...</answer>``."""
 
 
 def addition_example(a: int, b: int, digits: int) -> Example:
@@ -33,7 +36,12 @@ def addition_example(a: int, b: int, digits: int) -> Example:
         steps.append(f"{x}+{y}+{carry}={total:02d}")
         carry = total // 10
     answer = str(a + b)
-    return Example(f"{a}+{b}=", answer, f"<think>{';'.join(steps)}</think><answer>{answer}</answer>")
+    return Example(
+        prompt=f"{a}+{b}=",
+        answer=answer,
+        solution=f"<think>{';'.join(steps)}</think><answer>{answer}</answer>",
+        short_solution=f"<think></think><answer>{answer}</answer>",
+    )
 
 
 class AdditionTask:
@@ -101,7 +109,7 @@ def load_examples(path: str, prompt_key: str, answer_key: str) -> list[Example]:
         prompt, answer = row[prompt_key], row[answer_key]
         if not isinstance(prompt, str) or not prompt.strip() or answer is None:
             raise DataError(f"data file {path}, row {i}: empty or non-text {prompt_key!r} or missing {answer_key!r}")
-        examples.append(Example(prompt, str(answer)))
+        examples.append(Example(prompt=prompt, answer=str(answer)))
     if not examples:
         raise DataError(f"data file {path} has no rows")
     return examples

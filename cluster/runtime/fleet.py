@@ -62,17 +62,20 @@ def _split(n: int, parts: int) -> list[slice]:
 
 
 class Fleet:
-    def __init__(self, cfg: RunConfig, model_path: str, base_path: str, *, optimizer_steps: int) -> None:
+    def __init__(
+        self, cfg: RunConfig, model_path: str, base_path: str, *, optimizer_steps: int, reference: bool = True
+    ) -> None:
+        """``reference``: learners load the frozen reference model (objectives with a KL term need it)."""
         self.cfg = cfg
         self.rollouts, self.scorers, self.learners = [], [], []
         self.placement: Placement = create_placement(cfg)
         try:
-            self._start(model_path, base_path, optimizer_steps)
+            self._start(model_path, base_path, optimizer_steps, reference)
         except BaseException:
             self.shutdown()  # no actors or reserved bundles outlive a failed start
             raise
 
-    def _start(self, model_path: str, base_path: str, optimizer_steps: int) -> None:
+    def _start(self, model_path: str, base_path: str, optimizer_steps: int, reference: bool) -> None:
         cfg = self.cfg
         self.rollouts = [self._rollout(i, model_path) for i in range(cfg.rollout.num_workers)]
         self.scorers = [
@@ -81,7 +84,7 @@ class Fleet:
             )
             for i in range(cfg.reward.num_scorers)
         ]
-        self.learners = self._learners(model_path, base_path, optimizer_steps)
+        self.learners = self._learners(model_path, base_path, optimizer_steps, reference)
         ray.get([w.ready.remote() for w in self.rollouts])
         tp = max(1, cfg.rollout.gpus_per_worker)
         self.weights = WeightSync(self.learners, self.rollouts, weight_sync_backend(cfg), ranks_per_engine=tp)
@@ -112,7 +115,7 @@ class Fleet:
             trust_remote_code=cfg.model.trust_remote_code,
         )
 
-    def _learners(self, model_path: str, base_path: str, optimizer_steps: int) -> list:
+    def _learners(self, model_path: str, base_path: str, optimizer_steps: int, reference: bool) -> list:
         cfg = self.cfg
         addr, port = self._rank0_address()
         specs = [
@@ -125,7 +128,7 @@ class Fleet:
                 base_path=base_path,
                 config=cfg.learner,
                 optimizer_steps=optimizer_steps,
-                reference=cfg.grpo.kl_coef > 0,
+                reference=reference,
                 seed=cfg.seed,
                 trust_remote_code=cfg.model.trust_remote_code,
             )

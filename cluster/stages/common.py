@@ -76,18 +76,18 @@ def archive_previous_run(run_dir: Path) -> None:
 
 def resolve_model(cfg: RunConfig) -> str:
     """The base model's path; the builtin one is built (once) under ``<output_dir>/_builtin``."""
-    from cluster.data.builtin_model import BUILTIN_NAME, build_base_model
+    from cluster.data.builtin_model import BUILTIN_NAME, PretrainRecipe, build_base_model
 
     if cfg.model.path == BUILTIN_NAME:
-        path = build_base_model(
-            cfg.output_dir,
+        recipe = PretrainRecipe(
             digits=cfg.data.digits,
             seed=cfg.seed,
             eval_size=cfg.data.eval_size,
             steps=cfg.model.builtin_pretrain_steps,
-            target_accuracy=cfg.model.builtin_target_accuracy,
+            long_fraction=cfg.model.builtin_long_fraction,
+            long_only_steps=cfg.model.builtin_long_only_steps,
         )
-        return str(path)
+        return str(build_base_model(cfg.output_dir, recipe))
     if cfg.model.path.startswith("builtin:"):
         raise DataError(f"model.path: unknown builtin model {cfg.model.path!r}; known: {BUILTIN_NAME!r}")
     local = cfg.model.path.startswith((".", "/", "~")) or Path(cfg.model.path).exists()

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cluster.runtime.metrics import read_jsonl
+
+if TYPE_CHECKING:
+    from cluster.stages.evaluate import EvalResult
 
 
 def progress_line(row: dict[str, float], total_steps: int) -> str:
@@ -24,14 +28,26 @@ def print_table(run_dir: Path, summary: dict) -> None:
         ("accuracy", "pass@1 (sampled)"),
         ("greedy_accuracy", "greedy accuracy"),
         ("format_rate", "format rate"),
+        ("long_share", "thinks (sampled)"),
+        ("greedy_long_share", "thinks (greedy)"),
+        ("response_length", "length (sampled)"),
+        ("length_correct", "length if correct"),
+        ("length_incorrect", "length if wrong"),
     ):
-        print(f"{label:<20} {before[key]:>8.3f} {after[key]:>8.3f}")
+        print(f"{label:<20} {_cell(before.get(key))} {_cell(after.get(key))}")
     print(f"GRPO steps {summary['steps']}, wall {summary['wall_s']:.0f} s")
     print(f"run directory: {run_dir}   plots: {summary['plots']}", flush=True)
 
 
-def plot_run(run_dir: Path, evals: list[dict]) -> Path:
-    """PNG curves of reward, accuracy, response length and KL (training steps plus held-out evals)."""
+def _cell(value: float | None) -> str:
+    if value is None:
+        return f"{'-':>8}"
+    return f"{value:>8.1f}" if abs(value) >= 2 else f"{value:>8.3f}"
+
+
+def plot_run(run_dir: Path, evals: list[EvalResult]) -> Path:
+    """PNG curves like the R1 paper's Figures 2 and 3: held-out accuracy (sampled and greedy), response
+    length (train, and held-out correct / incorrect), chain-of-thought share, reward and KL."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -41,27 +57,46 @@ def plot_run(run_dir: Path, evals: list[dict]) -> Path:
     out = run_dir / "plots"
     out.mkdir(exist_ok=True)
     steps = [r["step"] for r in rows]
-    panels = [
-        ("reward", ["reward/mean", "reward/format"]),
-        ("accuracy", ["reward/accuracy"]),
-        ("response_length", ["response_length/mean"]),
-        ("kl", ["kl"]),
-    ]
-    fig, axes = plt.subplots(2, 2, figsize=(11, 7))
-    for ax, (title, keys) in zip(axes.flat, panels, strict=True):
-        for key in keys:
-            ax.plot(steps, [r.get(key, float("nan")) for r in rows], label=f"train {key}")
-        if title == "accuracy" and evals:
-            ax.plot([e.step for e in evals], [e.accuracy for e in evals], "o-", label="held-out pass@1 (sampled)")
-            ax.plot([e.step for e in evals], [e.greedy_accuracy for e in evals], "s--", label="held-out greedy")
-        ax.set_title(title)
+    at = [e.step for e in evals]
+
+    def train(ax, key, label):
+        ax.plot(steps, [r.get(key, float("nan")) for r in rows], label=label, alpha=0.6)
+
+    def held_out(ax, field, label, style="o-"):
+        values = [getattr(e, field) for e in evals]
+        ax.plot(at, [float("nan") if v is None else v for v in values], style, label=label)
+
+    panels = {
+        "accuracy": lambda ax: (
+            train(ax, "reward/accuracy", "train accuracy (sampled)"),
+            held_out(ax, "accuracy", "held-out pass@1 (sampled)"),
+            held_out(ax, "greedy_accuracy", "held-out greedy", "s--"),
+        ),
+        "response_length": lambda ax: (
+            train(ax, "response_length/mean", "train mean"),
+            held_out(ax, "length_correct", "held-out correct"),
+            held_out(ax, "length_incorrect", "held-out incorrect", "x--"),
+        ),
+        "long_share": lambda ax: (
+            train(ax, "response/long_share", "train"),
+            held_out(ax, "long_share", "held-out sampled"),
+            held_out(ax, "greedy_long_share", "held-out greedy", "s--"),
+        ),
+        "reward": lambda ax: (train(ax, "reward/mean", "reward"), train(ax, "reward/format", "format")),
+        "kl": lambda ax: train(ax, "kl", "k3 KL to the reference"),
+    }
+    fig, axes = plt.subplots(2, 3, figsize=(15, 7))
+    for ax, (title, draw) in zip(axes.flat, panels.items(), strict=False):
+        draw(ax)
+        ax.set_title(title.replace("_", " "))
         ax.set_xlabel("GRPO step")
         ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
+    axes.flat[-1].axis("off")
     fig.tight_layout()
     path = out / "curves.png"
     fig.savefig(path, dpi=110)
-    for ax, (title, _) in zip(axes.flat, panels, strict=True):
+    for ax, title in zip(axes.flat, panels, strict=False):
         extent = ax.get_tightbbox(fig.canvas.get_renderer()).transformed(fig.dpi_scale_trans.inverted())
         fig.savefig(out / f"{title}.png", bbox_inches=extent.expanded(1.05, 1.05), dpi=110)
     plt.close(fig)

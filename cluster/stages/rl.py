@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -21,7 +22,7 @@ from cluster.data.prompts import Prompts
 from cluster.payloads import Behaviour, Rollouts, SampledBatch, Scores, TrainBatch
 from cluster.runtime.metrics import MetricsLogger
 from cluster.stages.common import every, open_run, sampling_spec, save_checkpoint, write_summary
-from cluster.stages.evaluate import EvalResult, evaluate
+from cluster.stages.evaluate import EvalResult, evaluate, mean_or_none, thinks
 from cluster.stages.report import plot_run, print_table, progress_line
 
 
@@ -32,20 +33,26 @@ def train(cfg: RunConfig, resume: bool = False) -> dict:
     start = open_run(cfg, resume, start_ray)
     prompts = Prompts(cfg, start.tokenizer)
     prompts.train.position = start.state["data_position"]
-    last = start.last_checkpoint
-    updates = cfg.grpo.epochs * cfg.grpo.mini_batches
-    fleet = Fleet(cfg, str(last or start.base_model), start.base_model, optimizer_steps=cfg.grpo.steps * updates)
+    last, done = start.last_checkpoint, start.state["step"]
+    objective = grpo_objective(cfg)
+    steps = cfg.grpo.steps * objective.updates
+    fleet = Fleet(
+        cfg, str(last or start.base_model), start.base_model, optimizer_steps=steps, reference=objective.uses_reference
+    )
     try:
         if last:
             fleet.load_checkpoint(str(last))
-            print(f"resumed from {last} at step {start.state['step']}", flush=True)
+            print(f"resumed from {last} at step {done}", flush=True)
+        # Engines and learner start from the same weights (the base or the checkpoint): prove it on held-out prompts.
+        gap = fleet.sync_weights(done, probe=prompts.probe_batch())
+        print(f"weights in sync: engine vs learner logprob gap {gap['rollout/logprob_diff_max']:.1e}", flush=True)
         log = MetricsLogger(cfg.run_dir, cfg.name, resume_step=start.state["step"])
         evals = [EvalResult.from_dict(e) for e in start.state["evals"]]
         if not evals:
             evals.append(evaluate(fleet, prompts, cfg, step=0))
             print(f"eval before GRPO: {evals[-1].text()}", flush=True)
         began = time.perf_counter()
-        position = rl_loop(fleet, prompts, cfg, log, evals, first_step=start.state["step"] + 1)
+        position = rl_loop(fleet, prompts, cfg, log, evals, first_step=done + 1)
         if evals[-1].step != cfg.grpo.steps:
             evals.append(evaluate(fleet, prompts, cfg, step=cfg.grpo.steps))
         save_checkpoint(fleet, cfg, cfg.grpo.steps, position, evals)
@@ -144,40 +151,46 @@ def collect(fleet, prompts: Prompts, cfg: RunConfig) -> SampledBatch:
     """Sample and score one batch of groups; with DAPO dynamic sampling, keep groups whose rewards differ."""
     g, want = cfg.grpo.group_size, cfg.grpo.prompts_per_step
     spec = sampling_spec(cfg, "train")
-    rounds: list[tuple[Rollouts, Scores]] = []
-    kept, dropped, sampled = [], [], 0  # (round, group) pairs
+    rounds: list[SampledGroups] = []
+    kept: list[SampledGroups] = []  # one group each
+    dropped: list[SampledGroups] = []
     for _ in range(cfg.grpo.max_sampling_rounds if cfg.grpo.dynamic_sampling else 1):
         examples = prompts.train.take(want - len(kept))
-        sampled += len(examples)
         rollouts = fleet.generate(prompts.encode(examples), g, spec)
         scores = fleet.score(rollouts.texts, [ex.answer for ex in examples for _ in range(g)])
+        rounds.append(SampledGroups(rollouts=rollouts, scores=scores, prompts=len(examples)))
         informative = dynamic_sampling_mask(torch.as_tensor(scores.total), g).numpy()
         for i in range(len(examples)):
-            (kept if informative[i] or not cfg.grpo.dynamic_sampling else dropped).append((len(rounds), i))
-        rounds.append((rollouts, scores))
+            keep = informative[i] or not cfg.grpo.dynamic_sampling
+            (kept if keep else dropped).append(rounds[-1].group(i))
         if len(kept) >= want:
             break
     chosen = (kept + dropped)[:want]  # refill with uninformative groups (zero advantage) if rounds ran out
+    rows = Scores.concat([c.scores for c in chosen])
+    calls = Scores.concat([r.scores for r in rounds], sequential=True)  # every round's timeouts, errors, seconds
     return SampledBatch(
-        rollouts=_join_rollouts(rounds, chosen),
-        scores=_join_scores(rounds, chosen),
-        prompts_sampled=sampled,
+        rollouts=replace(
+            Rollouts.concat([c.rollouts for c in chosen]), gen_seconds=sum(r.rollouts.gen_seconds for r in rounds)
+        ),
+        scores=replace(calls, total=rows.total, components=rows.components),
+        prompts_sampled=sum(r.prompts for r in rounds),
         data_position=prompts.train.position,
     )
 
 
-def _join_rollouts(rounds: list[tuple[Rollouts, Scores]], chosen: list[tuple[int, int]]) -> Rollouts:
-    joined = Rollouts.concat([rounds[r][0].select_groups([i]) for r, i in chosen])
-    joined.gen_seconds = sum(rollouts.gen_seconds for rollouts, _ in rounds)
-    return joined
+@dataclass(kw_only=True)
+class SampledGroups:
+    """One generate-and-score round (or one group of it)."""
 
+    rollouts: Rollouts
+    scores: Scores
+    prompts: int
 
-def _join_scores(rounds: list[tuple[Rollouts, Scores]], chosen: list[tuple[int, int]]) -> Scores:
-    g = rounds[0][0].group_size
-    rows = Scores.concat([rounds[r][1].select(slice(i * g, (i + 1) * g)) for r, i in chosen])
-    calls = Scores.concat([scores for _, scores in rounds], sequential=True)  # the rounds' counters
-    calls.total, calls.components = rows.total, rows.components
-    return calls
+    def group(self, i: int) -> SampledGroups:
+        g = self.rollouts.group_size
+        return SampledGroups(
+            rollouts=self.rollouts.select_groups([i]), scores=self.scores.select(slice(i * g, (i + 1) * g)), prompts=1
+        )
 
 
 def step_metrics(
@@ -185,6 +198,8 @@ def step_metrics(
 ) -> dict:
     rollouts, scores = sampled.rollouts, sampled.scores
     lengths = rollouts.lengths.astype(np.float64)
+    correct = scores.components[cfg.reward.accuracy_key] > 0.5
+    by_outcome = {"correct_mean": mean_or_none(lengths[correct]), "incorrect_mean": mean_or_none(lengths[~correct])}
     row = {
         "step": step,
         "policy_version": step,
@@ -198,6 +213,8 @@ def step_metrics(
         "response_length/mean": float(lengths.mean()),
         "response_length/max": float(lengths.max()),
         "response_length/clip_ratio": float(np.mean([f == "length" for f in rollouts.finish_reasons])),
+        **{f"response_length/{k}": v for k, v in by_outcome.items() if v is not None},
+        "response/long_share": float(thinks(rollouts.texts).mean()),
         "data/prompts_sampled": sampled.prompts_sampled,
         **train,
         **sync,

@@ -85,10 +85,11 @@ def test_summary_plots_tensorboard_config(run):
     run_dir, _ = run
     summary = json.loads((run_dir / "summary.json").read_text())
     for key in ("eval_before", "eval_after"):
-        assert {"accuracy", "greedy_accuracy", "format_rate"} <= summary[key].keys()
-        assert 0.0 <= summary[key]["accuracy"] <= 1.0
+        figures = {"accuracy", "greedy_accuracy", "format_rate", "response_length", "long_share", "pass_at_k"}
+        assert figures <= summary[key].keys()
+        assert 0.0 <= summary[key]["accuracy"] <= 1.0 and summary[key]["response_length"] > 0
     assert summary["steps"] == 2 and summary["wall_s"] > 0
-    assert {"curves.png", "reward.png", "accuracy.png", "response_length.png", "kl.png"} <= {
+    assert {"curves.png", "reward.png", "accuracy.png", "response_length.png", "long_share.png", "kl.png"} <= {
         p.name for p in (run_dir / "plots").iterdir()
     }
     assert any((run_dir / "tensorboard").glob("events.out.tfevents.*"))
@@ -113,8 +114,12 @@ def test_resume_continues_from_the_last_checkpoint(run):
     run_dir, _ = run
     proc = _train(run_dir.parent, "--resume", str(run_dir), "--set", "grpo.steps=3")
     assert "resumed from" in proc.stdout and "at step 2" in proc.stdout
+    # the engines start from the checkpoint's weights: checked on held-out prompts before the first step
+    gap = float(proc.stdout.split("weights in sync: engine vs learner logprob gap ")[1].split()[0])
+    assert gap < 1e-3
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3]
-    assert rows[2]["rollout/logprob_diff_max"] < 1e-3  # the engines started from the checkpoint's weights
+    assert rows[2]["rollout/logprob_diff_max"] < 1e-3
+    assert rows[2]["rollout/policy_version"] == 2, "the engines report the checkpoint's policy version"
     driver_state = json.loads((run_dir / "checkpoints" / "step-3" / "driver_state.json").read_text())
     assert driver_state["data_position"] == 3 * 8

@@ -1,7 +1,7 @@
 """Helper for test_grafana_dashboard.py: which Prometheus names does Ray give r1ray's metrics?
 
 Run as `python metrics_probe.py <gcs address> <metrics url> <timeout s>`. It creates the driver's
-gauges and counter under the names in cluster/metrics.py (tag `run`), sets them, and scrapes the
+gauges and counter under the names in cluster/runtime/metrics.py (tag `run`), sets them, and scrapes the
 node's Prometheus endpoint until every one shows up (or the timeout passes). Prints one JSON line:
 the r1ray series names found.
 """

@@ -1,6 +1,6 @@
 """The Grafana dashboard plots every metric r1ray emits, under the name Ray really exports it by.
 
-The metric names come from cluster/metrics.py (the code that emits them), so a renamed gauge
+The metric names come from cluster/runtime/metrics.py (the code that emits them), so a renamed gauge
 fails here. The `ray`-marked test starts a local head, emits the metrics through
 ray.util.metrics and scrapes the node's Prometheus endpoint, which proves the `ray_` prefix and
 the counter's name. Run: `pytest tests/ops/test_grafana_dashboard.py -v`.

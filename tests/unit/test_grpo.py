@@ -6,15 +6,8 @@ import statistics
 import pytest
 import torch
 
-from cluster.algo.grpo import (
-    LOSS_AGGS,
-    dynamic_sampling_mask,
-    entropy_from_logits,
-    group_advantages,
-    masked_mean,
-    policy_loss,
-    token_logprobs,
-)
+from cluster.algo.grpo import LOSS_AGGS, dynamic_sampling_mask, group_advantages, policy_loss
+from cluster.algo.logprobs import entropy_from_logits, masked_mean, token_logprobs
 
 MAX_TOKENS = 8
 

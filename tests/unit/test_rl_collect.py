@@ -53,7 +53,7 @@ class ScriptedStream:
         self.prompts, self.position = prompts, 0
 
     def take(self, n):
-        out = [Example(p, "0") for p in self.prompts[self.position : self.position + n]]
+        out = [Example(prompt=p, answer="0") for p in self.prompts[self.position : self.position + n]]
         self.position += n
         return out
 
