@@ -24,7 +24,8 @@ def test_every_setting_changes_the_cache_key():
     base = PretrainRecipe()
     changed = {
         "digits": 2, "seed": 1, "eval_size": 100, "steps": 10, "batch": 8, "lr": 1e-3, "warmup_steps": 1,
-        "min_lr_ratio": 0.5, "long_fraction": 0.3, "long_only_steps": 5, "short_digits": False, "threads": 1, "hidden": 64, "layers": 2, "version": 99,
+        "min_lr_ratio": 0.5, "long_fraction": 0.3, "long_only_steps": 5, "short_digits": True, "threads": 1,
+        "hidden": 64, "layers": 2, "version": 99,
     }  # fmt: skip
     assert set(changed) == {f.name for f in dataclasses.fields(PretrainRecipe)}, "a new setting needs a row here"
     keys = {dataclasses.replace(base, **{name: value}).key() for name, value in changed.items()}
