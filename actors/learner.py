@@ -151,8 +151,9 @@ class LearnerRank:
             for k in range(objective.mini_batches):
                 rows = slice(k * mini_size, (k + 1) * mini_size)
                 for key, value in self._optimizer_step(shard, rows, old, ref, objective).items():
-                    totals[key] = totals.get(key, 0.0) + value
-        metrics = {key: value / objective.updates for key, value in totals.items()}
+                    merged = max(totals.get(key, value), value) if _is_max(key) else totals.get(key, 0.0) + value
+                    totals[key] = merged
+        metrics = {key: value if _is_max(key) else value / objective.updates for key, value in totals.items()}
         tokens = float(shard.response_lens.sum()) * objective.epochs
         metrics["throughput/train_tokens_per_s"] = tokens * self.world_size / (time.perf_counter() - start)
         metrics["lr"] = self.scheduler.get_last_lr()[0]
@@ -181,7 +182,9 @@ class LearnerRank:
         mini = shard.select(rows)
         token_total = torch.tensor(float(mini.response_lens.sum()))
         dist.all_reduce(token_total)
-        sums: dict[str, float] = {}
+        sums: dict[str, float] = {}  # weighted by the objective's weighting (tokens or sequences)
+        maxes: dict[str, float] = {}
+        weight = 0.0
         step = self.cfg.micro_batch_size
         for i in range(0, len(mini), step):
             micro = mini.select(slice(i, i + step))
@@ -197,17 +200,21 @@ class LearnerRank:
             )
             loss, m = objective.loss(inputs)
             (loss * self._loss_scale(micro, mini, token_total, objective)).backward()
-            share = len(micro) / len(mini)
+            w = float(micro.response_lens.sum()) if objective.token_weighted else float(len(micro))
+            weight += w
             m["entropy"] = self._entropy(logits, mask, objective.temperature)
             for key, value in m.items():
-                sums[key] = sums.get(key, 0.0) + value * share
+                if _is_max(key):
+                    maxes[key] = max(maxes.get(key, value), value)
+                else:
+                    sums[key] = sums.get(key, 0.0) + value * w
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
         grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        sums["grad_norm"] = float(grad_norm)
-        return _all_mean(sums)
+        sums["grad_norm"] = float(grad_norm) * weight  # already global, the same on every rank: its mean is itself
+        return _reduce(sums, weight, maxes)
 
     def _cut(self, table: torch.Tensor | None, cut: tuple[slice, slice, slice]) -> torch.Tensor | None:
         rows, micro, width = cut
@@ -310,12 +317,21 @@ def _pad_to(x: torch.Tensor, width: int) -> torch.Tensor:
     return torch.nn.functional.pad(x, (0, max(0, width - x.shape[1])))[:, :width]
 
 
-def _all_mean(values: dict[str, float]) -> dict[str, float]:
-    """Average metrics over ranks (one all-reduce)."""
-    keys = sorted(values)
-    t = torch.tensor([values[k] for k in keys], dtype=torch.float64)
-    dist.all_reduce(t)
-    return {k: (t[i] / dist.get_world_size()).item() for i, k in enumerate(keys)}
+def _is_max(key: str) -> bool:
+    """Metrics named ``*_max`` are maxima over micro-batches, updates and ranks, not means."""
+    return key.endswith("_max")
+
+
+def _reduce(sums: dict[str, float], weight: float, maxes: dict[str, float]) -> dict[str, float]:
+    """Weighted means over every rank's micro-batches (one all-reduce) and maxima (another)."""
+    keys = sorted(sums)
+    totals = torch.tensor([sums[k] for k in keys] + [weight], dtype=torch.float64)
+    dist.all_reduce(totals)
+    out = {k: (totals[i] / max(totals[-1].item(), 1e-12)).item() for i, k in enumerate(keys)}
+    top = sorted(maxes)
+    peaks = torch.tensor([maxes[k] for k in top], dtype=torch.float64)
+    dist.all_reduce(peaks, op=dist.ReduceOp.MAX)
+    return out | {k: peaks[i].item() for i, k in enumerate(top)}
 
 
 PolicyLearner = ray.remote(LearnerRank)

@@ -39,7 +39,7 @@ class ModelConfig(_Section):
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     """Dtype of the rollout engines (the learner keeps float32 weights; see learner.mixed_precision)."""
     max_prompt_len: int = Field(256, ge=1, le=131072)
-    """Longest prompt in tokens; longer dataset prompts are an error, not silently cut."""
+    """Longest prompt in tokens (after the template); what happens to longer ones is ``data.overlong``."""
     max_response_len: int = Field(48, ge=1, le=131072)
     """Most tokens generated per completion (the one owner of the response length)."""
     trust_remote_code: bool = False
@@ -70,6 +70,9 @@ class DataConfig(_Section):
     """Samples per held-out problem for sampled pass@1 (averaged, as the R1 paper reports it)."""
     digits: int = Field(3, ge=1, le=9)
     """Operand size of the builtin arithmetic task."""
+    overlong: Literal["error", "skip", "truncate"] = "skip"
+    """Prompts longer than ``model.max_prompt_len`` tokens: stop with an error naming the first, leave them
+    out (counted and printed, as verl's ``filter_overlong_prompts``), or keep their last tokens."""
 
     @model_validator(mode="after")
     def _template_has_prompt(self) -> DataConfig:
@@ -266,6 +269,14 @@ class RunConfig(_Section):
             )
         if self.learner.mixed_precision == "bf16" and self.learner.gpus_per_rank == 0:
             raise ValueError("learner.mixed_precision 'bf16' needs learner.gpus_per_rank = 1")
+        several = self.grpo.epochs * self.grpo.mini_batches > 1
+        engine_old = self.grpo.async_rollouts or (several and self.grpo.old_logprobs == "rollout")
+        if self.rollout.top_p < 1 and engine_old:
+            raise ValueError(
+                "rollout.top_p < 1 with the engine's logprobs as the behaviour policy: vLLM renormalises them "
+                "over the nucleus and the learner does not, so every ratio is off; set grpo.old_logprobs: learner "
+                "(and grpo.async_rollouts: false) or rollout.top_p: 1"
+            )
         if self.cluster.weight_sync == "nccl" and (
             self.learner.gpus_per_rank == 0 or self.rollout.gpus_per_worker == 0
         ):

@@ -29,6 +29,17 @@ class LossInputs:
     ref_logprobs: Tensor | None = None
     """The frozen reference model's logprobs, when the objective asks for them."""
 
+    def __post_init__(self) -> None:
+        shape = tuple(self.logprobs.shape)
+        if len(shape) != 2 or tuple(self.mask.shape) != shape:
+            raise ValueError(f"logprobs {shape} and mask {tuple(self.mask.shape)} must be the same (B, R)")
+        if tuple(self.advantages.shape) != shape[:1]:
+            raise ValueError(f"advantages must be ({shape[0]},), got {tuple(self.advantages.shape)}")
+        for name in ("old_logprobs", "ref_logprobs"):
+            table = getattr(self, name)
+            if table is not None and tuple(table.shape) != shape:
+                raise ValueError(f"{name} {tuple(table.shape)} != logprobs {shape}")
+
 
 @dataclass(frozen=True, kw_only=True)
 class Objective(ABC):

@@ -15,6 +15,9 @@ class Prompts:
         self.tokenizer = tokenizer
         self.template = cfg.data.template_text()
         self.max_len = cfg.model.max_prompt_len
+        self.overlong = cfg.data.overlong
+        self.skipped = 0
+        """Overlong prompts left out (``data.overlong: skip``), training and held-out together."""
         data = cfg.data
         if data.train in BUILTIN_TASKS:
             task = AdditionTask(digits=data.digits, seed=cfg.seed, eval_size=data.eval_size)
@@ -29,10 +32,35 @@ class Prompts:
             else:  # hold out the tail of the training file
                 cut = max(1, min(data.eval_size, len(rows) // 10))
                 rows, held_out = rows[:-cut], rows[-cut:]
+            rows, held_out = self._fitting(rows, data.train), self._fitting(held_out, data.eval or data.train)
             self.train = PromptStream(rows, None, cfg.seed)
             self.eval = held_out[: data.eval_size]
-            self.encode(rows)  # every prompt fits: fail now, not hours into the run
         self.eval_ids = self.encode(self.eval)
+
+    def _fitting(self, examples: list[Example], source: str) -> list[Example]:
+        """The examples whose prompts fit ``model.max_prompt_len`` (all of them unless ``data.overlong: skip``);
+        checked now for the whole file, not hours into the run."""
+        lengths = [len(self._ids(ex)) for ex in examples]
+        too_long = [i for i, n in enumerate(lengths) if n > self.max_len]
+        if too_long and self.overlong == "error":
+            first = too_long[0]
+            raise DataError(
+                f"{source}: {len(too_long)} prompt(s) longer than model.max_prompt_len={self.max_len} tokens, "
+                f"the first ({lengths[first]} tokens): {examples[first].prompt[:80]!r}; "
+                "raise model.max_prompt_len or set data.overlong: skip | truncate"
+            )
+        kept = examples
+        if too_long and self.overlong == "skip":
+            dropped = set(too_long)
+            kept = [ex for i, ex in enumerate(examples) if i not in dropped]
+            self.skipped += len(dropped)
+            print(f"data: left out {len(dropped)} of {len(examples)} prompts of {source} (over {self.max_len} tokens)")
+        if not kept:
+            raise DataError(f"{source}: no prompt fits model.max_prompt_len={self.max_len} tokens")
+        return kept
+
+    def _ids(self, example: Example) -> list[int]:
+        return self.tokenizer(self.template.replace("{prompt}", example.prompt))["input_ids"]
 
     def probe_batch(self) -> TrainBatch:
         """Held-out prompts as sequences whose every token after the first is scored: a sync-check probe
@@ -49,10 +77,12 @@ class Prompts:
     def encode(self, examples: list[Example]) -> list[np.ndarray]:
         out = []
         for ex in examples:
-            ids = self.tokenizer(self.template.replace("{prompt}", ex.prompt))["input_ids"]
+            ids = self._ids(ex)
             if len(ids) > self.max_len:
-                raise DataError(
-                    f"prompt of {len(ids)} tokens exceeds model.max_prompt_len={self.max_len}: {ex.prompt[:80]!r}"
-                )
+                if self.overlong != "truncate":
+                    raise DataError(
+                        f"prompt of {len(ids)} tokens exceeds model.max_prompt_len={self.max_len}: {ex.prompt[:80]!r}"
+                    )
+                ids = ids[-self.max_len :]  # the end holds the question and the assistant's turn
             out.append(np.asarray(ids, dtype=np.int32))
         return out

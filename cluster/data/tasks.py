@@ -3,12 +3,13 @@
 The built-in ``addition`` task is the embedded default: ``347+285=`` answered as
 ``<think>7+5+0=12;4+8+1=13;3+2+1=06</think><answer>632</answer>``, column by column with the carry,
 so a small model has a chain of thought to get right (or, short: ``<think></think><answer>632</answer>``).
-Held-out problems never appear in training. Real datasets are local JSONL / JSON / Parquet files
-read with Hugging Face ``datasets``.
+Held-out problems never appear in training. Real datasets are local JSONL / JSON / Parquet files;
+every bad row is reported with its file and line.
 """
 
 from __future__ import annotations
 
+import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,25 +92,72 @@ class PromptStream:
 
 
 def load_examples(path: str, prompt_key: str, answer_key: str) -> list[Example]:
-    """Rows of a local JSONL/JSON/Parquet file; a row without the mapped columns is a clear error."""
+    """Rows of a local JSONL/JSON/Parquet file. Every problem (bad JSON, a missing or non-text column,
+    no rows) is a ``DataError`` naming the file and the 1-based line (JSONL) or row (JSON, Parquet)."""
     file = Path(path)
     if not file.is_file():
         raise DataError(f"data file not found: {path}")
-    kind = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}.get(file.suffix)
-    if kind is None:
+    readers = {".jsonl": _jsonl_rows, ".json": _json_rows, ".parquet": _parquet_rows}
+    if file.suffix not in readers:
         raise DataError(f"data file {path}: unsupported extension {file.suffix!r} (use .jsonl, .json or .parquet)")
-    from datasets import load_dataset
-
-    rows = load_dataset(kind, data_files=str(file), split="train")
-    missing = [k for k in (prompt_key, answer_key) if k not in rows.column_names]
-    if missing:
-        raise DataError(f"data file {path}: missing column(s) {missing}; columns are {rows.column_names}")
+    unit = "line" if file.suffix == ".jsonl" else "row"
     examples = []
-    for i, row in enumerate(rows):
+    for number, row in readers[file.suffix](file):
+        where = f"data file {path}, {unit} {number}"
+        if not isinstance(row, dict):
+            raise DataError(
+                f"{where}: expected an object with {prompt_key!r} and {answer_key!r}, got {type(row).__name__}"
+            )
+        missing = [k for k in (prompt_key, answer_key) if k not in row]
+        if missing:
+            raise DataError(f"{where}: missing column(s) {missing}; it has {sorted(row)}")
         prompt, answer = row[prompt_key], row[answer_key]
-        if not isinstance(prompt, str) or not prompt.strip() or answer is None:
-            raise DataError(f"data file {path}, row {i}: empty or non-text {prompt_key!r} or missing {answer_key!r}")
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise DataError(f"{where}: {prompt_key!r} must be non-empty text, got {prompt!r:.60}")
+        if answer is None or isinstance(answer, dict | list):
+            raise DataError(f"{where}: {answer_key!r} must be text or a number, got {answer!r:.60}")
         examples.append(Example(prompt=prompt, answer=str(answer)))
     if not examples:
         raise DataError(f"data file {path} has no rows")
     return examples
+
+
+def _jsonl_rows(file: Path):
+    with file.open(encoding="utf-8", errors="strict") as lines:
+        try:
+            for number, line in enumerate(lines, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    yield number, json.loads(line)
+                except json.JSONDecodeError as err:
+                    raise DataError(f"data file {file}, line {number}: not valid JSON ({err.msg})") from None
+        except UnicodeDecodeError as err:
+            raise DataError(f"data file {file}: not UTF-8 text ({err.reason})") from None
+
+
+def _json_rows(file: Path):
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise DataError(f"data file {file}, line {err.lineno}: not valid JSON ({err.msg})") from None
+    except UnicodeDecodeError as err:
+        raise DataError(f"data file {file}: not UTF-8 text ({err.reason})") from None
+    if isinstance(data, dict) and all(isinstance(v, list) for v in data.values()):  # columns
+        data = [dict(zip(data, values, strict=False)) for values in zip(*data.values(), strict=False)]
+    if not isinstance(data, list):
+        raise DataError(
+            f"data file {file}: expected a list of rows (or a mapping of columns), got {type(data).__name__}"
+        )
+    yield from enumerate(data, start=1)
+
+
+def _parquet_rows(file: Path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(file)
+    except (pa.ArrowInvalid, OSError) as err:
+        raise DataError(f"data file {file}: not a readable Parquet file ({err})") from None
+    yield from enumerate(table.to_pylist(), start=1)

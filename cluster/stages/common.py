@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -49,14 +48,14 @@ class StageStart:
     state: dict
 
 
-def open_run(cfg: RunConfig, resume: bool, start_cluster: Callable[[RunConfig], None]) -> StageStart:
-    """Prepare the run folder (moving an old run aside unless resuming), join Ray, resolve the base model."""
+def open_run(cfg: RunConfig, resume: bool) -> StageStart:
+    """Prepare the run folder (moving an old run aside unless resuming) and resolve the base model. Ray is
+    not started yet: bad data should stop a run before any actor exists."""
     run_dir = cfg.run_dir
     if not resume:
         archive_previous_run(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(dump_config(cfg))
-    start_cluster(cfg)
     base_model = resolve_model(cfg)
     from transformers import AutoTokenizer
 
@@ -108,9 +107,10 @@ def save_checkpoint(fleet, cfg: RunConfig, step: int, data_position: int, evals:
     print(f"checkpoint: {path}", flush=True)
 
 
-def write_summary(cfg: RunConfig, evals: list, steps: int, wall_s: float, plots: Path) -> dict:
+def write_summary(cfg: RunConfig, evals: list, steps: int, wall_s: float, plots: Path, skipped: int = 0) -> dict:
     summary = {
         "run": cfg.name,
+        "data": {"overlong_prompts_skipped": skipped},
         "eval_before": evals[0].to_dict(),
         "eval_after": evals[-1].to_dict(),
         "evals": [e.to_dict() for e in evals],

@@ -44,6 +44,12 @@ class EvalResult:
     cons_at_k: float | None = None
     """Majority vote over the samples' extracted ``<answer>`` (same string), scored by the accuracy reward."""
 
+    def __post_init__(self) -> None:
+        for name in ("accuracy", "greedy_accuracy", "format_rate", "long_share", "greedy_long_share", "cons_at_k"):
+            value = getattr(self, name)
+            if value is not None and not 0.0 <= value <= 1.0:
+                raise ValueError(f"EvalResult.{name} must be a share in [0, 1], got {value}")
+
     def to_dict(self) -> dict:
         return asdict(self)
 

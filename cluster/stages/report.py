@@ -74,6 +74,7 @@ def plot_run(run_dir: Path, evals: list[EvalResult]) -> Path:
         ),
         "response_length": lambda ax: (
             train(ax, "response_length/mean", "train mean"),
+            held_out(ax, "response_length", "held-out mean", "d-"),
             held_out(ax, "length_correct", "held-out correct"),
             held_out(ax, "length_incorrect", "held-out incorrect", "x--"),
         ),
@@ -83,7 +84,7 @@ def plot_run(run_dir: Path, evals: list[EvalResult]) -> Path:
             held_out(ax, "greedy_long_share", "held-out greedy", "s--"),
         ),
         "reward": lambda ax: (train(ax, "reward/mean", "reward"), train(ax, "reward/format", "format")),
-        "kl": lambda ax: train(ax, "kl", "k3 KL to the reference"),
+        "kl": lambda ax: (train(ax, "kl", "k3 KL to the reference"), ax.set_yscale("log")),
     }
     fig, axes = plt.subplots(2, 3, figsize=(15, 7))
     for ax, (title, draw) in zip(axes.flat, panels.items(), strict=False):

@@ -30,9 +30,10 @@ def train(cfg: RunConfig, resume: bool = False) -> dict:
     from cluster.runtime.fleet import Fleet
     from cluster.runtime.ray_cluster import start_ray
 
-    start = open_run(cfg, resume, start_ray)
+    start = open_run(cfg, resume)
     prompts = Prompts(cfg, start.tokenizer)
     prompts.train.position = start.state["data_position"]
+    start_ray(cfg)
     last, done = start.last_checkpoint, start.state["step"]
     objective = grpo_objective(cfg)
     steps = cfg.grpo.steps * objective.updates
@@ -58,7 +59,7 @@ def train(cfg: RunConfig, resume: bool = False) -> dict:
         save_checkpoint(fleet, cfg, cfg.grpo.steps, position, evals)
         log.close()
         plots = plot_run(cfg.run_dir, evals)
-        summary = write_summary(cfg, evals, cfg.grpo.steps, time.perf_counter() - began, plots)
+        summary = write_summary(cfg, evals, cfg.grpo.steps, time.perf_counter() - began, plots, prompts.skipped)
     finally:
         fleet.shutdown()
     print_table(cfg.run_dir, summary)

@@ -57,6 +57,9 @@ def test_override_sets_nested_values_as_yaml():
         (["grpo.clip_ratio_c=1"], "grpo.clip_ratio_c"),
         (["grpo.kl_max=0"], "grpo.kl_max"),
         (["rollout.engine_in_actor=maybe"], "rollout.engine_in_actor"),
+        (["rollout.top_p=0.7", "grpo.mini_batches=4"], "rollout.top_p < 1"),
+        (["rollout.top_p=0.7", "grpo.async_rollouts=true"], "rollout.top_p < 1"),
+        (["data.overlong=cut"], "data.overlong"),
     ],
 )
 def test_bad_values_name_the_field(overrides, needle):
@@ -156,3 +159,23 @@ def test_rollout_engine_placement(overrides, in_actor):
     env = rollout_env(load_config(None, ["rollout.cpus_per_worker=2", *overrides]))
     assert (env.get("VLLM_ENABLE_V1_MULTIPROCESSING") == "0") is in_actor
     assert (env.get("OMP_NUM_THREADS") == "2") is in_actor
+
+
+def test_top_p_below_one_is_fine_when_the_learner_gives_the_old_policy():
+    cfg = load_config(None, ["rollout.top_p=0.7", "grpo.mini_batches=4", "grpo.old_logprobs=learner"])
+    assert cfg.rollout.top_p == 0.7
+
+
+def test_a_malformed_dataset_line_is_one_line_and_exit_2_before_ray(tmp_path):
+    from cluster.data.builtin_model import save_random_model
+
+    model = save_random_model(tmp_path / "model", hidden=32, layers=1)
+    data = tmp_path / "train.jsonl"
+    data.write_text('{"prompt": "1+1=", "answer": "2"}\n{"prompt": "2+2=", "answer": \n')
+    args = ["--set", f"model.path={model}", "--set", f"data.train={data}", "--set", f"output_dir={tmp_path}"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "cluster", "train", *args], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert f"{data}, line 2: not valid JSON" in proc.stderr and "Traceback" not in proc.stderr
+    assert "Ray dashboard" not in proc.stdout, "no cluster is started for a run that cannot begin"

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from cluster.data.tasks import AdditionTask, PromptStream, addition_example, load_examples
+from cluster.errors import DataError
 from cluster.payloads import LearnerSpec, Rollouts, SampledBatch, SamplingSpec, Scores, TrainBatch
 
 
@@ -163,14 +164,39 @@ def test_file_dataset_epochs_cover_every_row(tmp_path):
 @pytest.mark.parametrize(
     ("content", "message"),
     [
-        ('{"question": "x", "answer": 1}\n', "missing column"),
-        ('{"q": "", "a": 1}\n', "row 0"),
+        ('{"question": "x", "answer": 1}\n', "line 1: missing column"),
+        ('{"q": "", "a": 1}\n', "line 1: 'q' must be non-empty text"),
+        ('{"q": "x", "a": 1}\n{"q": "y", "a": 2\n', "line 2: not valid JSON"),
+        ('{"q": "x", "a": 1}\n\n{"q": 5, "a": 2}\n', "line 3: 'q' must be non-empty text"),
+        ('{"q": "x", "a": null}\n', "line 1: 'a' must be text or a number"),
+        ("[1, 2]\n", "line 1: expected an object"),
+        ("", "has no rows"),
     ],
 )
-def test_bad_dataset_rows_name_the_problem(tmp_path, content, message):
+def test_bad_dataset_rows_name_the_file_and_line(tmp_path, content, message):
     path = tmp_path / "d.jsonl"
     path.write_text(content)
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(DataError, match=message) as err:
+        load_examples(str(path), "q", "a")
+    assert str(path) in str(err.value)
+
+
+def test_json_files_as_rows_or_columns(tmp_path):
+    rows = tmp_path / "rows.json"
+    rows.write_text('[{"q": "a", "a": 1}, {"q": "b", "a": 2}]')
+    columns = tmp_path / "columns.json"
+    columns.write_text('{"q": ["a", "b"], "a": [1, 2]}')
+    assert load_examples(str(rows), "q", "a") == load_examples(str(columns), "q", "a")
+    broken = tmp_path / "broken.json"
+    broken.write_text('[{"q": "a",\n "a": }]')
+    with pytest.raises(DataError, match="line 2: not valid JSON"):
+        load_examples(str(broken), "q", "a")
+
+
+def test_a_file_that_is_not_parquet(tmp_path):
+    path = tmp_path / "d.parquet"
+    path.write_text("not parquet")
+    with pytest.raises(DataError, match="not a readable Parquet file"):
         load_examples(str(path), "q", "a")
 
 
