@@ -80,7 +80,9 @@ def test_world_size_two_matches_one(ray_cluster, tied_model, tmp_path, objective
     moved = max((w1[k] - before[k]).abs().max().item() for k in w1)
     assert moved > 1e-4, "the update did not change the weights"
     for key in w1:
-        torch.testing.assert_close(w1[key], w2[key], atol=2e-6, rtol=1e-4, msg=lambda m, key=key: f"{key}: {m}")
+        # Adam's first step is lr * g / (|g| + eps): for the few weights whose gradient is near eps, float
+        # summation order (1 rank vs 2) moves the step by a few 1e-6 at lr 1e-3 (seen: 2 of 65k elements).
+        torch.testing.assert_close(w1[key], w2[key], atol=1e-5, rtol=1e-4, msg=lambda m, key=key: f"{key}: {m}")
     assert one["grad_norm"] == pytest.approx(two["grad_norm"], rel=1e-4)
     if objective.mini_batches == 1:
         assert one["loss"] == pytest.approx(two["loss"], abs=1e-6)
