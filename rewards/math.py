@@ -114,8 +114,12 @@ def _after_last_anchor(text: str) -> str | None:
     return rest[: end.start() if end else None].strip().strip("*").strip() or None
 
 
+_SPACED_DIGITS = re.compile(r"(?<=\d)\s+(?=\d)")
+
+
 def _normalize(answer: str) -> str:
-    key = _NOISE.sub("", _TEXT_CMD.sub(r"\1", answer))
+    # Digits separated by white space are two numbers ("2 3" is not 23): keep a separator there.
+    key = _NOISE.sub("", _TEXT_CMD.sub(r"\1", _SPACED_DIGITS.sub("|", answer)))
     return key.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac").rstrip(".").lower()
 
 

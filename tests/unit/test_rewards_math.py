@@ -20,6 +20,11 @@ ACCURACY_CASES = [
     (THINK + "<answer>4</answer>", "4", 1.0),
     (THINK + "<answer>\n  4 \n</answer>", "4", 1.0),
     (THINK + "<answer>-5</answer>", "5", 0.0),
+    # separate numbers are not one number
+    (THINK + "<answer>2 3</answer>", "23", 0.0),
+    (THINK + "<answer>2, 3</answer>", "23", 0.0),
+    (THINK + "<answer>2\n3</answer>", "23", 0.0),
+    (THINK + "<answer>\\frac{1}{2}</answer>", "\\frac 1 2", 1.0),
     (THINK + "<answer>12</answer>", "120", 0.0),
     (THINK + "<answer>120</answer>", "12", 0.0),
     (THINK + "<answer>3.14</answer>", "3.15", 0.0),
