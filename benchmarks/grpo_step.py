@@ -58,9 +58,9 @@ def bench(in_actor: bool, steps: int, warmup: int) -> dict[str, float]:
     from transformers import AutoTokenizer
 
     prompts = Prompts(cfg, AutoTokenizer.from_pretrained(model))
-    updates = cfg.grpo.epochs * cfg.grpo.mini_batches
-    fleet = Fleet(cfg, model, model, optimizer_steps=(steps + warmup) * updates)
     objective, behaviour = grpo_objective(cfg), behaviour_policy(cfg)
+    steps_total = (steps + warmup) * objective.updates
+    fleet = Fleet(cfg, model, model, optimizer_steps=steps_total, reference=objective.uses_reference)
     try:
         rollout_pid = ray.get(fleet.rollouts[0].__ray_call__.remote(lambda _: os.getpid()))
         phases: dict[str, list[float]] = {

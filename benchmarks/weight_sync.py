@@ -39,8 +39,8 @@ def bench(name: str, rounds: int, workdir: Path) -> dict:
             "reward": {"weights": {"format": 1.0}, "accuracy_key": "format"},
         }
     )
-    fleet = Fleet(cfg, str(path), str(path), optimizer_steps=rounds)
     objective = grpo_objective(cfg)
+    fleet = Fleet(cfg, str(path), str(path), optimizer_steps=rounds, reference=objective.uses_reference)
     try:
         tok = build_tokenizer()
         prompts = [np.array(tok.encode(f"{100 + i}+{200 + i}="), dtype=np.int32) for i in range(4)]

@@ -63,7 +63,7 @@ def _split(n: int, parts: int) -> list[slice]:
 
 class Fleet:
     def __init__(
-        self, cfg: RunConfig, model_path: str, base_path: str, *, optimizer_steps: int, reference: bool = True
+        self, cfg: RunConfig, model_path: str, base_path: str, *, optimizer_steps: int, reference: bool
     ) -> None:
         """``reference``: learners load the frozen reference model (objectives with a KL term need it)."""
         self.cfg = cfg

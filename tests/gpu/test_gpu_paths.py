@@ -51,7 +51,7 @@ def test_nccl_broadcast_and_cuda_fsdp2(gpu_ray):
     if gpus < cfg.learner.world_size + 1:
         # NCCL cannot connect two processes on one device; a colocated setup needs vLLM's IPC engine.
         pytest.skip("needs a GPU per learner rank plus one for the rollout engine")
-    fleet = Fleet(cfg, str(gpu_ray), str(gpu_ray), optimizer_steps=2)
+    fleet = Fleet(cfg, str(gpu_ray), str(gpu_ray), optimizer_steps=2, reference=True)
     try:
         tok = build_tokenizer()
         prompts = [np.array(tok.encode(f"{100 + i}+{200 + i}="), dtype=np.int32) for i in range(4)]

@@ -23,7 +23,7 @@ pytestmark = pytest.mark.ray
 @pytest.fixture(scope="module")
 def engine(ray_cluster, tied_model):
     cfg = RunConfig.model_validate({"model": {"max_prompt_len": 16, "max_response_len": 16}, "grpo": {"kl_coef": 0.0}})
-    fleet = Fleet(cfg, str(tied_model), str(tied_model), optimizer_steps=1)
+    fleet = Fleet(cfg, str(tied_model), str(tied_model), optimizer_steps=1, reference=False)
     yield fleet.rollouts[0]
     fleet.shutdown()
 

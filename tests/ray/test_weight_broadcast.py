@@ -58,7 +58,7 @@ def _learner_logprobs(fleet: Fleet, batch: TrainBatch) -> np.ndarray:
 
 def _run_chain(model_path, world_size: int, workers: int, engine_in_actor: bool):
     cfg = _config(world_size, workers, engine_in_actor)
-    fleet = Fleet(cfg, str(model_path), str(model_path), optimizer_steps=2)
+    fleet = Fleet(cfg, str(model_path), str(model_path), optimizer_steps=2, reference=True)
     try:
         tok = build_tokenizer()
         prompts = [np.array(tok.encode(f"{100 + 7 * i}+{200 + i}="), dtype=np.int32) for i in range(4)]
