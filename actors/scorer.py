@@ -20,37 +20,45 @@ import ray
 from cluster.payloads import Scores
 from rewards import WeightedReward
 from rewards.deadline import DeadlineExecutor
-from rewards.registry import score_one, score_rows
+from rewards.registry import RowInfo, score_one, score_rows
 
 CHUNK = 64
 
 
 class Scorer:
     def __init__(
-        self, weights: dict[str, float], timeout_s: float = 5.0, *, think_opened: bool = False, workers: int = 1
+        self,
+        weights: dict[str, float],
+        timeout_s: float = 5.0,
+        *,
+        think_opened: bool = False,
+        workers: int = 1,
+        only: dict[str, list[str]] | None = None,
     ) -> None:
         self.weights = {**weights, "format": weights.get("format", 0.0)}
         self.think_opened = think_opened
-        self.reward = WeightedReward(self.weights, think_opened=think_opened)
+        self.reward = WeightedReward(self.weights, think_opened=think_opened, only=only)
         self.timeout_s = timeout_s
         self.executor = DeadlineExecutor(max_workers=workers, mp_context="forkserver", startup_in_deadline=False)
         # A cold spawn inside a Ray actor takes seconds; start the worker before the first deadline.
         self.executor.warm_up(workers)
 
-    def score(self, completions: list[str], answers: list[str]) -> Scores:
-        if len(completions) != len(answers):
-            raise ValueError(f"{len(completions)} completions but {len(answers)} answers")
+    def score(self, completions: list[str], answers: list[str], info: list[RowInfo] | None = None) -> Scores:
+        """``info``: each completion's target language and task (default: English, no task)."""
+        info = info or [RowInfo()] * len(completions)
+        if not len(completions) == len(answers) == len(info):
+            raise ValueError(f"{len(completions)} completions, {len(answers)} answers, {len(info)} row infos")
         start = time.perf_counter()
         rows: list[dict[str, float]] = []
         counts = {"timeout": 0, "error": 0}
         messages: list[str] = []
         for i in range(0, len(completions), CHUNK):
-            chunk_c, chunk_a = completions[i : i + CHUNK], answers[i : i + CHUNK]
-            outcome = self.executor.run(score_rows, self.reward, chunk_c, chunk_a, timeout=self.timeout_s)
+            chunk = completions[i : i + CHUNK], answers[i : i + CHUNK], info[i : i + CHUNK]
+            outcome = self.executor.run(score_rows, self.reward, *chunk, timeout=self.timeout_s)
             if outcome.status == "ok":
                 rows.extend(outcome.value)
             else:
-                rows.extend(self._one_by_one(c, a, counts, messages) for c, a in zip(chunk_c, chunk_a, strict=True))
+                rows.extend(self._one_by_one(c, a, r, counts, messages) for c, a, r in zip(*chunk, strict=True))
         names = self.reward.names
         components = {n: np.array([r[n] for r in rows], dtype=np.float32) for n in names}
         total = sum((self.weights[n] * components[n] for n in names), np.zeros(len(rows), dtype=np.float32))
@@ -64,11 +72,16 @@ class Scorer:
         )
 
     def _one_by_one(
-        self, completion: str, answer: str, counts: dict[str, int], messages: list[str]
+        self, completion: str, answer: str, info: RowInfo, counts: dict[str, int], messages: list[str]
     ) -> dict[str, float]:
         row = {}
         for name in self.reward.names:
-            outcome = self.executor.run(score_one, name, self.think_opened, completion, answer, timeout=self.timeout_s)
+            if not self.reward.applies(name, info):
+                row[name] = 0.0
+                continue
+            outcome = self.executor.run(
+                score_one, name, self.think_opened, completion, answer, info, timeout=self.timeout_s
+            )
             row[name] = outcome.value if outcome.status == "ok" else 0.0
             if outcome.status != "ok":
                 counts[outcome.status] += 1

@@ -70,6 +70,13 @@ class DataConfig(_Section):
     """Samples per held-out problem for sampled pass@1 (averaged, as the R1 paper reports it)."""
     digits: int = Field(3, ge=1, le=9)
     """Operand size of the builtin arithmetic task."""
+    language: str = "en"
+    """Target language of the chain of thought (``language`` reward, ``sample.min_language``, eval's language
+    consistency) for rows without a ``language_key`` column; ``auto`` detects it from each prompt's script."""
+    language_key: str = "language"
+    """Column naming a row's target language (when the file has it)."""
+    task_key: str = "task"
+    """Column naming a row's task (``reward.only`` applies rewards to some tasks only)."""
     overlong: Literal["error", "skip", "truncate"] = "skip"
     """Prompts longer than ``model.max_prompt_len`` tokens: stop with an error naming the first, leave them
     out (counted and printed, as verl's ``filter_overlong_prompts``), or keep their last tokens."""
@@ -84,6 +91,14 @@ class DataConfig(_Section):
                 f"data.eval_size ({self.eval_size}) must leave most of the {pairs} "
                 f"{self.digits}-digit problems for training"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _known_language(self) -> DataConfig:
+        from rewards.language import LANGUAGE_SCRIPTS  # pure Python, cheap
+
+        if self.language != "auto" and self.language not in LANGUAGE_SCRIPTS:
+            raise ValueError(f"data.language must be 'auto' or one of {sorted(LANGUAGE_SCRIPTS)}")
         return self
 
     def template_text(self) -> str:
@@ -124,6 +139,20 @@ class RolloutConfig(_Section):
     """Engine seed; worker ``i`` uses ``seed + i``. Reproducibility comes from it plus request order."""
 
 
+class RewardModelSpec(_Section):
+    """A trained reward model (``r1ray rm``) served as a reward: its scalar output is the reward."""
+
+    path: str
+    """Hugging Face sequence-classification model folder (one output), e.g. an ``rm`` stage's checkpoint."""
+    span: Literal["answer", "response"] = "answer"
+    """What it judges: the final ``<answer>`` (or the text after ``</think>``; R1's helpfulness, on the summary
+    only) or the whole ``response`` (R1's harmlessness: reasoning included)."""
+    batch_size: int = Field(16, ge=1)
+    """Texts per forward pass."""
+    cpus: float = Field(1.0, gt=0)
+    gpus: int = Field(0, ge=0, le=1)
+
+
 class RewardConfig(_Section):
     weights: dict[str, float] = {"exact": 1.0, "format": 0.1}
     """Reward names (see ``rewards.REWARD_NAMES``) or ``module:function`` paths, with their weights.
@@ -136,6 +165,16 @@ class RewardConfig(_Section):
     """Reward scorer actors (``reward-<i>``), each scoring its share of the batch."""
     accuracy_key: str = "exact"
     """The reward component reported as accuracy and used for evaluation."""
+    models: dict[str, RewardModelSpec] = {}
+    """Reward models by reward name (each one's weight is in ``weights``), served as Ray actors ``rm-<name>``."""
+    only: dict[str, list[str]] = {}
+    """Reward name -> the tasks (``data.task_key`` column) it applies to; on other rows it scores 0.
+    DeepSeek-R1's last phase: rule rewards for reasoning prompts, reward models for general ones."""
+
+    @property
+    def rule_weights(self) -> dict[str, float]:
+        """The weights of the rule rewards (what the scorers compute; reward models are served apart)."""
+        return {name: w for name, w in self.weights.items() if name not in self.models}
 
     @model_validator(mode="after")
     def _known_weights(self) -> RewardConfig:
@@ -144,12 +183,23 @@ class RewardConfig(_Section):
         if not self.weights:
             raise ValueError("reward.weights must name at least one reward")
         for name in self.weights:
-            if name not in REWARD_NAMES and ":" not in name:
+            if name not in REWARD_NAMES and ":" not in name and name not in self.models:
                 raise ValueError(
-                    f"reward.weights: unknown reward {name!r}; use one of {list(REWARD_NAMES)} or module:function"
+                    f"reward.weights: unknown reward {name!r}; use one of {list(REWARD_NAMES)}, module:function, "
+                    "or a reward model named in reward.models"
                 )
+        for name in self.models:
+            if name in REWARD_NAMES:
+                raise ValueError(f"reward.models: {name!r} is a rule reward's name; call the model something else")
+            if name not in self.weights:
+                raise ValueError(f"reward.models: {name!r} has no weight in reward.weights")
+        if self.accuracy_key in self.models:
+            raise ValueError(f"reward.accuracy_key {self.accuracy_key!r} must be a rule reward, not a reward model")
         if self.accuracy_key not in self.weights:
             raise ValueError(f"reward.accuracy_key {self.accuracy_key!r} is not one of reward.weights")
+        for name in self.only:
+            if name not in self.weights and name != "format":
+                raise ValueError(f"reward.only: {name!r} is not one of reward.weights")
         return self
 
 
@@ -237,6 +287,93 @@ class ClusterConfig(_Section):
     """Weight broadcast backend: ``auto`` picks nccl when learners have GPUs, else gloo."""
 
 
+class SFTConfig(_Section):
+    """Supervised fine-tuning (``r1ray sft``; the cold start, the SFT after rejection sampling, distillation)."""
+
+    train: str | None = None
+    """Local ``.jsonl``/``.json``/``.parquet`` rows: ``prompt`` + ``response`` columns, or ``messages`` (chat)."""
+    eval: str | None = None
+    """Held-out rows in the same layout; None holds out the tail of ``train`` (``eval_size`` rows)."""
+    prompt_key: str = "prompt"
+    response_key: str = "response"
+    messages_key: str = "messages"
+    """Column of chat-format rows (a list of ``{role, content}``; the last assistant turn is the response)."""
+    epochs: int = Field(2, ge=1)
+    """Passes over the training rows (R1's SFT after rejection sampling: 2)."""
+    batch_size: int = Field(32, ge=1)
+    """Sequences per optimizer step (all ranks together; the last short batch of an epoch is dropped)."""
+    eval_size: int = Field(64, ge=1)
+    """Rows held out of ``train`` when ``eval`` is not given."""
+    eval_every: int = Field(0, ge=0)
+    """Held-out loss every K optimizer steps (0: before and after training only)."""
+    bucket_by_length: bool = True
+    """Group rows of similar length into the same batch (and micro-batch), so short rows do not pay for long ones."""
+    generate_eval: bool = True
+    """Also measure generation accuracy on ``data``'s held-out prompts before and after (starts a rollout engine)."""
+
+
+class SampleConfig(_Section):
+    """Rejection sampling (``r1ray sample``): k samples per prompt, kept only if they pass every filter."""
+
+    prompts: int | None = Field(None, ge=1)
+    """Prompts drawn from ``data.train`` (None: every row of the file; required for builtin tasks)."""
+    samples: int = Field(8, ge=1)
+    """Completions sampled per prompt (k)."""
+    temperature: float = Field(0.7, gt=0.0, le=10.0)
+    top_p: float = Field(0.95, gt=0.0, le=1.0)
+    keep_per_prompt: int = Field(1, ge=1)
+    """At most this many kept completions per prompt (m)."""
+    prefer: Literal["shortest", "random"] = "shortest"
+    """Which of a prompt's passing completions are kept first."""
+    require_correct: bool = True
+    """Keep only completions the accuracy reward (``reward.accuracy_key``) scores correct."""
+    require_format: bool = True
+    """Keep only well-formed ``<think>...</think><answer>...</answer>`` completions."""
+    min_language: float | None = Field(None, ge=0.0, le=1.0)
+    """Keep only completions whose chain of thought has at least this language consistency (None: off)."""
+    min_tokens: int = Field(1, ge=1)
+    max_tokens: int | None = Field(None, ge=1)
+    """Longest kept completion in tokens (None: any that finished; truncated ones are never kept)."""
+    max_paragraph_chars: int | None = Field(None, ge=1)
+    """Drop completions with a paragraph (text between blank lines) longer than this (None: off)."""
+    no_repetition: bool = True
+    """Drop completions with a repetition loop (a stretch of 8+ characters repeated 3+ times in a row)."""
+    no_code_fences: bool = True
+    """Drop completions containing Markdown code fences."""
+    mix: str | None = None
+    """Other SFT rows (same layout as the output: ``prompt``/``response``) mixed into the output."""
+    mix_ratio: float = Field(0.0, ge=0.0, lt=1.0)
+    """Share of the output taken from ``mix`` (R1: ~200k non-reasoning of ~800k)."""
+
+
+class EvalConfig(_Section):
+    """Evaluation as the R1 paper reports it (``r1ray eval``)."""
+
+    data: str | None = None
+    """Problems (``prompt``/``answer`` columns); None: ``data.eval`` (or the builtin task's held-out set)."""
+    samples: int = Field(4, ge=1)
+    """Samples per problem (k): pass@1 is their mean accuracy, cons@k their majority vote."""
+    temperature: float = Field(0.6, gt=0.0, le=10.0)
+    top_p: float = Field(0.95, gt=0.0, le=1.0)
+    greedy: bool = True
+    """Also one greedy completion per problem (``greedy_accuracy``)."""
+    size: int | None = Field(None, ge=1)
+    """Evaluate only the first N problems (None: all)."""
+
+
+class RMConfig(_Section):
+    """Reward-model training (``r1ray rm``): Bradley-Terry pairwise loss on preference pairs."""
+
+    train: str | None = None
+    """Local rows with ``prompt``, ``chosen`` and ``rejected`` columns."""
+    eval: str | None = None
+    """Held-out pairs; None holds out the tail of ``train`` (``eval_size`` pairs)."""
+    epochs: int = Field(1, ge=1)
+    batch_size: int = Field(32, ge=1)
+    """Pairs per optimizer step."""
+    eval_size: int = Field(64, ge=1)
+
+
 class RunConfig(_Section):
     name: str = Field("demo", pattern=r"^[A-Za-z0-9._-]+$")
     """Run name; outputs go to ``<output_dir>/<name>/``."""
@@ -257,6 +394,10 @@ class RunConfig(_Section):
     grpo: GRPOConfig = GRPOConfig()
     learner: LearnerConfig = LearnerConfig()
     cluster: ClusterConfig = ClusterConfig()
+    sft: SFTConfig = SFTConfig()
+    sample: SampleConfig = SampleConfig()
+    eval: EvalConfig = EvalConfig()
+    rm: RMConfig = RMConfig()
 
     @model_validator(mode="after")
     def _consistent_sizes(self) -> RunConfig:
@@ -288,7 +429,7 @@ class RunConfig(_Section):
         return Path(self.output_dir) / self.name
 
 
-def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+def set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
     keys = dotted.split(".")
     node = tree
     for key in keys[:-1]:
@@ -310,7 +451,7 @@ def parse_override(text: str) -> tuple[str, Any]:
         raise ConfigError(f"config error: --set {key}: value is not valid YAML ({err.problem})") from None
 
 
-def _format_validation_error(err: ValidationError) -> str:
+def format_validation_error(err: ValidationError) -> str:
     first = err.errors()[0]
     field = ".".join(str(p) for p in first["loc"])
     msg = first["msg"].removeprefix("Value error, ")
@@ -323,9 +464,9 @@ def _format_validation_error(err: ValidationError) -> str:
     return f"config error: {shown}{extra}"
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
-    """Read a YAML config (default: the embedded demo), apply ``dotted.key=value`` overrides, validate."""
-    path = Path(path) if path is not None else DEFAULT_CONFIG
+def load_config_tree(path: str | Path) -> dict[str, Any]:
+    """A YAML file's mapping of sections, unvalidated; a missing file or bad YAML is a ``ConfigError``."""
+    path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config error: file not found: {path}")
     try:
@@ -334,12 +475,18 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         raise ConfigError(f"config error: {path} is not valid YAML: {err}".replace("\n", " ")) from None
     if not isinstance(tree, dict):
         raise ConfigError(f"config error: {path} must hold a mapping of sections, not {type(tree).__name__}")
+    return tree
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """Read a YAML config (default: the embedded demo), apply ``dotted.key=value`` overrides, validate."""
+    tree = load_config_tree(path if path is not None else DEFAULT_CONFIG)
     for text in overrides:
-        _set_dotted(tree, *parse_override(text))
+        set_dotted(tree, *parse_override(text))
     try:
         return RunConfig.model_validate(tree)
     except ValidationError as err:
-        raise ConfigError(_format_validation_error(err)) from None
+        raise ConfigError(format_validation_error(err)) from None
 
 
 def dump_config(cfg: RunConfig) -> str:

@@ -246,6 +246,9 @@ class LearnerSpec:
     """Optimizer steps of the whole run, for the LR schedule."""
     reference: bool = True
     """Load the frozen reference model (objectives with a KL term need it)."""
+    head: Literal["causal", "reward"] = "causal"
+    """``causal``: a language model (RL, SFT); ``reward``: a sequence-classification model with one scalar
+    output (Bradley-Terry reward model training, ``r1ray rm``), initialised from ``model_path``."""
     seed: int = 0
     trust_remote_code: bool = False
 

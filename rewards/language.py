@@ -46,6 +46,18 @@ def consistency_reward(completion: str, language: str = "en") -> float:
     return sum(script in LANGUAGE_SCRIPTS[language] for script in scripts) / len(scripts)
 
 
+def detect_language(text: str, default: str = "en") -> str:
+    """The language of ``text``'s most common script (the first language written in it: Latin is English),
+    or ``default`` when it has no words (numbers and symbols only)."""
+    counts: dict[str, int] = {}
+    for script in _word_scripts(_without_math(text)):
+        counts[script] = counts.get(script, 0) + 1
+    if not counts:
+        return default
+    top = max(counts, key=counts.get)
+    return next((lang for lang, scripts in LANGUAGE_SCRIPTS.items() if top in scripts), default)
+
+
 def chain_of_thought(completion: str) -> str:
     """The text inside ``<think>``; see the module docstring for a missing tag."""
     start = completion.find("<think>")

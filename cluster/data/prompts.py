@@ -2,18 +2,53 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
-from cluster.config import RunConfig
+from cluster.config import DataConfig, RunConfig
 from cluster.data.tasks import BUILTIN_TASKS, AdditionTask, Example, PromptStream, load_examples
 from cluster.errors import DataError
 from cluster.payloads import TrainBatch
+from rewards.registry import RowInfo
+
+
+def load_problems(path: str, data: DataConfig) -> list[Example]:
+    """A problem file's rows, each with its target language settled: its own column, else detected from the
+    prompt (``data.language: auto``), else ``data.language``."""
+    from rewards.language import detect_language
+
+    rows = load_examples(path, data.prompt_key, data.answer_key, task_key=data.task_key, language_key=data.language_key)
+    if data.language == "auto":
+        return [ex if ex.language else replace(ex, language=detect_language(ex.prompt)) for ex in rows]
+    return [ex if ex.language else replace(ex, language=data.language) for ex in rows]
+
+
+def reward_info(examples: list[Example], data: DataConfig, repeat: int = 1) -> list[RowInfo]:
+    """Each example's language and task for the reward scorers, ``repeat`` times in a row (one per sample)."""
+    default = "en" if data.language == "auto" else data.language
+    info = [RowInfo(language=ex.language or default, task=ex.task, prompt=ex.prompt) for ex in examples]
+    return [row for row in info for _ in range(repeat)]
+
+
+class PromptFormat:
+    """How a question becomes the prompt the model sees: ``data.template`` around it, then tokens."""
+
+    def __init__(self, cfg: RunConfig, tokenizer) -> None:
+        self.tokenizer = tokenizer
+        self.template = cfg.data.template_text()
+
+    def text(self, prompt: str) -> str:
+        return self.template.replace("{prompt}", prompt)
+
+    def ids(self, prompt: str) -> list[int]:
+        return self.tokenizer(self.text(prompt))["input_ids"]
 
 
 class Prompts:
     def __init__(self, cfg: RunConfig, tokenizer) -> None:
         self.tokenizer = tokenizer
-        self.template = cfg.data.template_text()
+        self.format = PromptFormat(cfg, tokenizer)
         self.max_len = cfg.model.max_prompt_len
         self.overlong = cfg.data.overlong
         self.skipped = 0
@@ -26,9 +61,9 @@ class Prompts:
         elif data.train.startswith("builtin:"):
             raise DataError(f"data.train: unknown builtin task {data.train!r}; known: {list(BUILTIN_TASKS)}")
         else:
-            rows = load_examples(data.train, data.prompt_key, data.answer_key)
+            rows = load_problems(data.train, data)
             if data.eval:
-                held_out = load_examples(data.eval, data.prompt_key, data.answer_key)
+                held_out = load_problems(data.eval, data)
             else:  # hold out the tail of the training file
                 cut = max(1, min(data.eval_size, len(rows) // 10))
                 rows, held_out = rows[:-cut], rows[-cut:]
@@ -60,7 +95,7 @@ class Prompts:
         return kept
 
     def _ids(self, example: Example) -> list[int]:
-        return self.tokenizer(self.template.replace("{prompt}", example.prompt))["input_ids"]
+        return self.format.ids(example.prompt)
 
     def probe_batch(self) -> TrainBatch:
         """Held-out prompts as sequences whose every token after the first is scored: a sync-check probe

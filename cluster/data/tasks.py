@@ -23,6 +23,12 @@ BUILTIN_TASKS = ("builtin:addition",)
 class Example:
     prompt: str
     answer: str
+    id: str = ""
+    """The row's ``id`` column (or its index in the file); names the problem in evaluation reports."""
+    task: str = ""
+    """The row's task (``data.task_key`` column); ``reward.only`` applies a reward to some tasks only."""
+    language: str = ""
+    """Target language of the chain of thought (``data.language_key`` column); empty: ``data.language``."""
     solution: str = ""
     """A worked ``<think>...</think><answer>...</answer>`` completion, for pre-training (builtin tasks)."""
     short_solution: str = ""
@@ -38,6 +44,7 @@ def addition_example(a: int, b: int, digits: int) -> Example:
         carry = total // 10
     answer = str(a + b)
     return Example(
+        id=f"{a}+{b}",
         prompt=f"{a}+{b}=",
         answer=answer,
         solution=f"<think>{';'.join(steps)}</think><answer>{answer}</answer>",
@@ -91,9 +98,10 @@ class PromptStream:
         return batch
 
 
-def load_examples(path: str, prompt_key: str, answer_key: str) -> list[Example]:
-    """Rows of a local JSONL/JSON/Parquet file. Every problem (bad JSON, a missing or non-text column,
-    no rows) is a ``DataError`` naming the file and the 1-based line (JSONL) or row (JSON, Parquet)."""
+def read_rows(path: str):
+    """``(where, row)`` for every row of a local JSONL/JSON/Parquet file, ``where`` naming the file and the
+    1-based line (JSONL) or row (JSON, Parquet) for error messages. A missing file, an unknown extension,
+    bad JSON and rows that are not objects are ``DataError``s."""
     file = Path(path)
     if not file.is_file():
         raise DataError(f"data file not found: {path}")
@@ -101,13 +109,20 @@ def load_examples(path: str, prompt_key: str, answer_key: str) -> list[Example]:
     if file.suffix not in readers:
         raise DataError(f"data file {path}: unsupported extension {file.suffix!r} (use .jsonl, .json or .parquet)")
     unit = "line" if file.suffix == ".jsonl" else "row"
-    examples = []
     for number, row in readers[file.suffix](file):
         where = f"data file {path}, {unit} {number}"
         if not isinstance(row, dict):
-            raise DataError(
-                f"{where}: expected an object with {prompt_key!r} and {answer_key!r}, got {type(row).__name__}"
-            )
+            raise DataError(f"{where}: expected an object (a mapping of columns), got {type(row).__name__}")
+        yield where, row
+
+
+def load_examples(
+    path: str, prompt_key: str, answer_key: str, *, task_key: str = "task", language_key: str = "language"
+) -> list[Example]:
+    """Problems of a local JSONL/JSON/Parquet file. Every problem (bad JSON, a missing or non-text column,
+    no rows) is a ``DataError`` naming the file and the 1-based line (JSONL) or row (JSON, Parquet)."""
+    examples = []
+    for where, row in read_rows(path):
         missing = [k for k in (prompt_key, answer_key) if k not in row]
         if missing:
             raise DataError(f"{where}: missing column(s) {missing}; it has {sorted(row)}")
@@ -116,7 +131,19 @@ def load_examples(path: str, prompt_key: str, answer_key: str) -> list[Example]:
             raise DataError(f"{where}: {prompt_key!r} must be non-empty text, got {prompt!r:.60}")
         if answer is None or isinstance(answer, dict | list):
             raise DataError(f"{where}: {answer_key!r} must be text or a number, got {answer!r:.60}")
-        examples.append(Example(prompt=prompt, answer=str(answer)))
+        extra = {name: row.get(key) for name, key in (("task", task_key), ("language", language_key))}
+        for name, value in extra.items():
+            if value is not None and not isinstance(value, str):
+                raise DataError(f"{where}: the {name} column must be text, got {value!r:.60}")
+        examples.append(
+            Example(
+                prompt=prompt,
+                answer=str(answer),
+                id=str(row.get("id", len(examples))),
+                task=extra["task"] or "",
+                language=extra["language"] or "",
+            )
+        )
     if not examples:
         raise DataError(f"data file {path} has no rows")
     return examples

@@ -9,6 +9,7 @@ new weights to every engine and runs the sync check (``runtime/weight_sync.py``)
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 
 import numpy as np
 import ray
@@ -21,6 +22,8 @@ from cluster.config import RunConfig
 from cluster.payloads import LearnerSpec, Rollouts, SamplingSpec, Scores, TrainBatch
 from cluster.runtime.placement import SCORER_CPUS, Placement, create_placement
 from cluster.runtime.weight_sync import WeightSync, weight_sync_backend
+from rewards.registry import RowInfo
+from rewards.tags import last_block
 
 
 @ray.remote(num_cpus=0)
@@ -61,34 +64,80 @@ def _split(n: int, parts: int) -> list[slice]:
     return [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:], strict=True) if b > a]
 
 
+def judged_span(completion: str, span: str) -> str:
+    """What a reward model judges: the final ``<answer>`` (else the text after ``</think>``, else all of it),
+    or the whole response."""
+    if span == "response":
+        return completion
+    answer = last_block(completion, "answer")
+    if answer is not None:
+        return answer
+    _, closed, after = completion.rpartition("</think>")
+    return after if closed else completion
+
+
+def add_model_rewards(cfg: RunConfig, scores: Scores, model_scores: dict[str, np.ndarray], info: list) -> Scores:
+    """The rule scores plus each reward model's component (0 on rows of tasks it does not apply to)."""
+    if not model_scores:
+        return scores
+    components, total = dict(scores.components), scores.total.copy()
+    for name, values in model_scores.items():
+        tasks = cfg.reward.only.get(name)
+        applies = np.array([tasks is None or row.task in tasks for row in info])
+        values = np.where(applies, np.asarray(values, dtype=np.float32), 0.0).astype(np.float32)
+        components[name] = values
+        total = total + cfg.reward.weights[name] * values
+    return replace(scores, total=total.astype(np.float32), components=components)
+
+
 class Fleet:
     def __init__(
-        self, cfg: RunConfig, model_path: str, base_path: str, *, optimizer_steps: int, reference: bool
+        self,
+        cfg: RunConfig,
+        model_path: str,
+        base_path: str,
+        *,
+        optimizer_steps: int = 1,
+        reference: bool = False,
+        rollouts: bool = True,
+        learners: bool = True,
+        head: str = "causal",
     ) -> None:
-        """``reference``: learners load the frozen reference model (objectives with a KL term need it)."""
-        self.cfg = cfg
+        """``reference``: learners load the frozen reference model (objectives with a KL term need it).
+        ``rollouts``/``learners``: whether the stage starts rollout engines and learner ranks (``sample`` and
+        ``eval`` train nothing; ``sft`` samples only to measure accuracy); weight sync needs both.
+        ``head``: what the learners train (``causal`` language model, or ``reward`` model; see LearnerSpec)."""
+        self.cfg, self.head = cfg, head
         self.rollouts, self.scorers, self.learners = [], [], []
-        self.placement: Placement = create_placement(cfg)
+        self.reward_models: dict[str, object] = {}
+        self.weights: WeightSync | None = None
+        self.placement: Placement = create_placement(cfg, rollouts=rollouts, learners=learners)
         try:
-            self._start(model_path, base_path, optimizer_steps, reference)
+            self._start(model_path, base_path, optimizer_steps, reference, rollouts, learners)
         except BaseException:
             self.shutdown()  # no actors or reserved bundles outlive a failed start
             raise
 
-    def _start(self, model_path: str, base_path: str, optimizer_steps: int, reference: bool) -> None:
+    def _start(
+        self, model_path: str, base_path: str, optimizer_steps: int, reference: bool, rollouts: bool, learners: bool
+    ) -> None:
         cfg = self.cfg
-        self.rollouts = [self._rollout(i, model_path) for i in range(cfg.rollout.num_workers)]
+        if rollouts:
+            self.rollouts = [self._rollout(i, model_path) for i in range(cfg.rollout.num_workers)]
         self.scorers = [
             RewardScorer.options(name=f"reward-{i}", num_cpus=SCORER_CPUS).remote(
-                cfg.reward.weights, cfg.reward.timeout_s, think_opened=cfg.data.think_opened
+                cfg.reward.rule_weights, cfg.reward.timeout_s, think_opened=cfg.data.think_opened, only=cfg.reward.only
             )
             for i in range(cfg.reward.num_scorers)
         ]
-        self.learners = self._learners(model_path, base_path, optimizer_steps, reference)
-        ray.get([w.ready.remote() for w in self.rollouts])
-        tp = max(1, cfg.rollout.gpus_per_worker)
-        self.weights = WeightSync(self.learners, self.rollouts, weight_sync_backend(cfg), ranks_per_engine=tp)
-        self.weights.connect(*self._rank0_address())
+        self.reward_models = {name: self._reward_model(name, spec) for name, spec in cfg.reward.models.items()}
+        if learners:
+            self.learners = self._learners(model_path, base_path, optimizer_steps, reference)
+        ray.get([w.ready.remote() for w in [*self.rollouts, *self.reward_models.values()]])
+        if rollouts and learners:
+            tp = max(1, cfg.rollout.gpus_per_worker)
+            self.weights = WeightSync(self.learners, self.rollouts, weight_sync_backend(cfg), ranks_per_engine=tp)
+            self.weights.connect(*self._rank0_address())
 
     def _rank0_address(self) -> tuple[str, int]:
         """A free port on learner rank 0's node: rendezvous of its process groups."""
@@ -115,6 +164,13 @@ class Fleet:
             trust_remote_code=cfg.model.trust_remote_code,
         )
 
+    def _reward_model(self, name: str, spec):
+        from actors.reward_model import RewardModelServer
+
+        return RewardModelServer.options(
+            name=f"rm-{name}", num_cpus=spec.cpus, num_gpus=spec.gpus, runtime_env={"env_vars": actor_env()}
+        ).remote(spec.path, batch_size=spec.batch_size, device="cuda" if spec.gpus else "cpu")
+
     def _learners(self, model_path: str, base_path: str, optimizer_steps: int, reference: bool) -> list:
         cfg = self.cfg
         addr, port = self._rank0_address()
@@ -129,6 +185,7 @@ class Fleet:
                 config=cfg.learner,
                 optimizer_steps=optimizer_steps,
                 reference=reference,
+                head=self.head,
                 seed=cfg.seed,
                 trust_remote_code=cfg.model.trust_remote_code,
             )
@@ -153,11 +210,21 @@ class Fleet:
         refs = [w.generate.remote(prompt_ids[s], group_size, sampling) for w, s in zip(workers, parts, strict=True)]
         return Rollouts.concat(ray.get(refs))
 
-    def score(self, texts: list[str], answers: list[str]) -> Scores:
+    def score(self, texts: list[str], answers: list[str], info: list[RowInfo] | None = None) -> Scores:
+        """Rewards of ``texts`` against ``answers``; ``info``: each row's target language and task."""
         parts = _split(len(texts), len(self.scorers))
         scorers = self.scorers[: len(parts)]
-        refs = [s.score.remote(texts[p], answers[p]) for s, p in zip(scorers, parts, strict=True)]
-        return Scores.concat(ray.get(refs))
+        info = info or [RowInfo()] * len(texts)
+        refs = [s.score.remote(texts[p], answers[p], info[p]) for s, p in zip(scorers, parts, strict=True)]
+        model_refs = {name: self._model_scores(name, texts, info) for name in self.reward_models}
+        scores = Scores.concat(ray.get(refs))
+        return add_model_rewards(self.cfg, scores, {name: ray.get(ref) for name, ref in model_refs.items()}, info)
+
+    def _model_scores(self, name: str, texts: list[str], info: list[RowInfo]):
+        """Reward model ``name`` on its span of each completion, after the (templated) prompt."""
+        spec, template = self.cfg.reward.models[name], self.cfg.data.template_text()
+        prompts = [template.replace("{prompt}", row.prompt) for row in info]
+        return self.reward_models[name].score.remote(prompts, [judged_span(t, spec.span) for t in texts])
 
     def train(self, batch: TrainBatch, objective: Objective) -> dict[str, float]:
         ref = ray.put(batch)
@@ -165,7 +232,15 @@ class Fleet:
 
     def sync_weights(self, version: int, probe: TrainBatch) -> dict[str, float]:
         """Push the learner's weights to every engine, then prove it on ``probe``'s first rows."""
+        if self.weights is None:
+            raise RuntimeError("this fleet has no rollout engines or no learners: there is nothing to sync")
         return self.weights.push(version) | self.weights.check(probe)
+
+    def logprobs(self, batch: TrainBatch, temperature: float = 1.0) -> np.ndarray:
+        """The learner's per-response-token logprobs of ``batch`` (B, R); every rank joins the forward."""
+        ref = ray.put(batch)
+        calls = [learner.compute_logprobs.remote(ref, temperature=temperature) for learner in self.learners]
+        return ray.get(calls)[0]
 
     def save_checkpoint(self, path: str) -> None:
         ray.get([learner.save_checkpoint.remote(path) for learner in self.learners])
@@ -174,6 +249,6 @@ class Fleet:
         ray.get([learner.load_checkpoint.remote(path) for learner in self.learners])
 
     def shutdown(self) -> None:
-        for actor in [*self.rollouts, *self.scorers, *self.learners]:
+        for actor in [*self.rollouts, *self.scorers, *self.learners, *getattr(self, "reward_models", {}).values()]:
             ray.kill(actor)
         self.placement.remove()

@@ -18,8 +18,9 @@ from cluster.config import RunConfig
 
 @dataclass
 class Placement:
-    rollout: PlacementGroup
-    learner: PlacementGroup
+    rollout: PlacementGroup | None
+    learner: PlacementGroup | None
+    """None for a role the stage does not start (``sample``/``eval`` train nothing, ``sft`` may sample nothing)."""
 
     def rollout_slot(self, index: int) -> PlacementGroupSchedulingStrategy:
         return PlacementGroupSchedulingStrategy(self.rollout, placement_group_bundle_index=index)
@@ -29,7 +30,8 @@ class Placement:
 
     def remove(self) -> None:
         for group in (self.rollout, self.learner):
-            ray.util.remove_placement_group(group)
+            if group is not None:
+                ray.util.remove_placement_group(group)
 
 
 def _bundle(cpus: float, gpus: int, resources: dict[str, float]) -> dict[str, float]:
@@ -48,27 +50,37 @@ def required_cpus(cfg: RunConfig) -> float:
 SCORER_CPUS = 0.5
 
 
-def create_placement(cfg: RunConfig, timeout_s: float = 600.0) -> Placement:
-    """Reserve the bundles of every role; fails with a clear message if the cluster cannot provide them."""
-    rollout = placement_group(
-        [_bundle(cfg.rollout.cpus_per_worker, cfg.rollout.gpus_per_worker, cfg.rollout.resources)]
-        * cfg.rollout.num_workers,
-        strategy="SPREAD",
-        name=f"{cfg.name}-rollout",
-    )
-    learner = placement_group(
-        [_bundle(cfg.learner.cpus_per_rank, cfg.learner.gpus_per_rank, cfg.learner.resources)] * cfg.learner.world_size,
-        strategy="PACK",
-        name=f"{cfg.name}-learner",
-    )
-    ready, _ = ray.wait([rollout.ready(), learner.ready()], num_returns=2, timeout=timeout_s)
-    if len(ready) < 2:
-        for group in (rollout, learner):  # else the autoscaler keeps asking for nodes for them
+def create_placement(
+    cfg: RunConfig, timeout_s: float = 600.0, *, rollouts: bool = True, learners: bool = True
+) -> Placement:
+    """Reserve the bundles of the roles asked for; fails with a clear message if the cluster cannot provide them."""
+    rollout = learner = None
+    if rollouts:
+        rollout = placement_group(
+            [_bundle(cfg.rollout.cpus_per_worker, cfg.rollout.gpus_per_worker, cfg.rollout.resources)]
+            * cfg.rollout.num_workers,
+            strategy="SPREAD",
+            name=f"{cfg.name}-rollout",
+        )
+    if learners:
+        learner = placement_group(
+            [_bundle(cfg.learner.cpus_per_rank, cfg.learner.gpus_per_rank, cfg.learner.resources)]
+            * cfg.learner.world_size,
+            strategy="PACK",
+            name=f"{cfg.name}-learner",
+        )
+    groups = [g for g in (rollout, learner) if g is not None]
+    ready, _ = ray.wait([g.ready() for g in groups], num_returns=len(groups), timeout=timeout_s)
+    if len(ready) < len(groups):
+        for group in groups:  # else the autoscaler keeps asking for nodes for them
             ray.util.remove_placement_group(group)
+        needs = []
+        if rollout is not None:
+            needs.append(f"{cfg.rollout.num_workers} x {rollout.bundle_specs[0]} for rollout")
+        if learner is not None:
+            needs.append(f"{cfg.learner.world_size} x {learner.bundle_specs[0]} for the learner")
         raise RuntimeError(
             f"the Ray cluster could not place the run's actors within {timeout_s:.0f} s: it needs "
-            f"{cfg.rollout.num_workers} x {rollout.bundle_specs[0]} for rollout and "
-            f"{cfg.learner.world_size} x {learner.bundle_specs[0]} for the learner; "
-            f"available: {ray.available_resources()}"
+            f"{' and '.join(needs)}; available: {ray.available_resources()}"
         )
     return Placement(rollout, learner)

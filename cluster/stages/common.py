@@ -118,5 +118,13 @@ def write_summary(cfg: RunConfig, evals: list, steps: int, wall_s: float, plots:
         "wall_s": wall_s,
         "plots": str(plots),
     }
-    (cfg.run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    summary |= {"kind": "rl", "model": str(checkpoint.latest(cfg.run_dir))}
+    write_json(cfg.run_dir / "summary.json", summary)
     return summary
+
+
+def write_json(path: Path, data: dict) -> None:
+    """Write ``data`` whole or not at all (a temporary file renamed), so a reader never sees half a file."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    tmp.replace(path)

@@ -15,7 +15,7 @@ import numpy as np
 
 from cluster.algo.passk import majority_answer, mean_pass_at_k
 from cluster.config import RunConfig
-from cluster.data.prompts import Prompts
+from cluster.data.prompts import Prompts, reward_info
 from cluster.payloads import Rollouts, Scores
 from cluster.stages.common import sampling_spec
 from rewards.language import chain_of_thought
@@ -76,9 +76,10 @@ def mean_or_none(values: np.ndarray) -> float | None:
 def evaluate(fleet, prompts: Prompts, cfg: RunConfig, step: int) -> EvalResult:
     n = cfg.data.eval_samples
     sampled = fleet.generate(prompts.eval_ids, n, sampling_spec(cfg, "eval"))
-    sampled_scores = fleet.score(sampled.texts, [ex.answer for ex in prompts.eval for _ in range(n)])
+    answers = [ex.answer for ex in prompts.eval for _ in range(n)]
+    sampled_scores = fleet.score(sampled.texts, answers, reward_info(prompts.eval, cfg.data, n))
     greedy = fleet.generate(prompts.eval_ids, 1, sampling_spec(cfg, "greedy"))
-    greedy_scores = fleet.score(greedy.texts, [ex.answer for ex in prompts.eval])
+    greedy_scores = fleet.score(greedy.texts, [ex.answer for ex in prompts.eval], reward_info(prompts.eval, cfg.data))
     return eval_result(step, cfg.reward.accuracy_key, sampled, sampled_scores, greedy, greedy_scores)
 
 

@@ -18,7 +18,7 @@ import torch
 
 from cluster.algo.grpo import GRPOObjective, dynamic_sampling_mask, group_advantages
 from cluster.config import RunConfig
-from cluster.data.prompts import Prompts
+from cluster.data.prompts import Prompts, reward_info
 from cluster.payloads import Behaviour, Rollouts, SampledBatch, Scores, TrainBatch
 from cluster.runtime.metrics import MetricsLogger
 from cluster.stages.common import every, open_run, sampling_spec, save_checkpoint, write_summary
@@ -158,7 +158,8 @@ def collect(fleet, prompts: Prompts, cfg: RunConfig) -> SampledBatch:
     for _ in range(cfg.grpo.max_sampling_rounds if cfg.grpo.dynamic_sampling else 1):
         examples = prompts.train.take(want - len(kept))
         rollouts = fleet.generate(prompts.encode(examples), g, spec)
-        scores = fleet.score(rollouts.texts, [ex.answer for ex in examples for _ in range(g)])
+        answers = [ex.answer for ex in examples for _ in range(g)]
+        scores = fleet.score(rollouts.texts, answers, reward_info(examples, cfg.data, g))
         rounds.append(SampledGroups(rollouts=rollouts, scores=scores, prompts=len(examples)))
         informative = dynamic_sampling_mask(torch.as_tensor(scores.total), g).numpy()
         for i in range(len(examples)):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from cluster.config import RunConfig
-from cluster.data.prompts import Prompts
+from cluster.data.prompts import PromptFormat, Prompts
 from cluster.data.tasks import Example
 from cluster.payloads import Rollouts, Scores
 from cluster.stages.rl import collect
@@ -37,7 +37,7 @@ class ScriptedFleet:
             gen_seconds=0.5,
         )
 
-    def score(self, texts, answers):
+    def score(self, texts, answers, info=None):
         g = len(texts) // len(self.last)
         rewards = np.concatenate([np.tile([1.0, 0.0], g // 2) if p[-2] == 1 else np.zeros(g) for p in self.last])
         return Scores(total=rewards.astype(np.float32), components={"exact": rewards.astype(np.float32)}, seconds=0.25)
@@ -60,7 +60,8 @@ class ScriptedStream:
 
 def _prompts(cfg, sequence):
     prompts = Prompts.__new__(Prompts)
-    prompts.tokenizer, prompts.template, prompts.max_len = CharTokenizer(), "{prompt}", 16
+    prompts.tokenizer, prompts.max_len = CharTokenizer(), 16
+    prompts.format = PromptFormat(cfg, prompts.tokenizer)
     prompts.train = ScriptedStream(sequence)
     return prompts
 
