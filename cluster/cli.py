@@ -133,6 +133,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "validate":
         from cluster.config import dump_config
 
+        try:
+            check_model_files(cfg)
+        except DataError as err:
+            print(f"r1ray: error: {err}", file=sys.stderr)
+            return 2
         print(dump_config(cfg), end="")
         print(f"r1ray: config OK ({args.config or 'deploy/configs/demo.yaml'})", file=sys.stderr)
         return 0
@@ -163,6 +168,12 @@ def _pipeline(args: argparse.Namespace) -> int:
         print(f"r1ray: {err}", file=sys.stderr)
         return 2
     if args.command == "validate":
+        try:
+            for stage in pipeline.stages:
+                check_model_files(pipeline.config(stage, pipeline.placeholders()))
+        except DataError as err:
+            print(f"r1ray: error: {err}", file=sys.stderr)
+            return 2
         print(pipeline.describe())
         print(f"r1ray: pipeline OK ({args.config})", file=sys.stderr)
         return 0
@@ -175,6 +186,19 @@ def _pipeline(args: argparse.Namespace) -> int:
         print(f"r1ray: error: {err}", file=sys.stderr)
         return 2
     return 0
+
+
+def check_model_files(cfg) -> None:
+    """What can be checked against a local model folder before anything starts: a chat template's
+    ``<think>`` opening against ``data.chat_opens_think``."""
+    if cfg.data.template != "chat" or not (Path(cfg.model.path).expanduser() / "config.json").is_file():
+        return
+    from transformers import AutoTokenizer
+
+    from cluster.data.prompts import check_think_opening
+
+    tokenizer = AutoTokenizer.from_pretrained(cfg.model.path, trust_remote_code=cfg.model.trust_remote_code)
+    check_think_opening(cfg, tokenizer)
 
 
 def _quiet_and_stoppable() -> None:

@@ -63,7 +63,14 @@ class DataConfig(_Section):
     answer_key: str = "answer"
     """Column holding the gold answer given to the reward functions."""
     template: str = "raw"
-    """``r1zero`` (the DeepSeek-R1-Zero template), ``raw``, or any string containing ``{prompt}``."""
+    """``r1zero`` (the DeepSeek-R1-Zero template), ``raw``, ``chat`` (the tokenizer's chat template, the
+    question as the user turn), or any string containing ``{prompt}``."""
+    system_prompt: str | None = None
+    """With ``template: chat``, a system turn before the question."""
+    chat_opens_think: bool = False
+    """With ``template: chat``: the model's chat template itself opens ``<think>`` for every answer (R1-distill,
+    Qwen3), so the ``format`` reward must check the completion as the rest of an opened thought. Checked
+    against the tokenizer when a run starts and by ``r1ray validate``."""
     eval_size: int = Field(200, ge=1)
     """Number of held-out problems evaluated."""
     eval_samples: int = Field(4, ge=1)
@@ -83,8 +90,10 @@ class DataConfig(_Section):
 
     @model_validator(mode="after")
     def _template_has_prompt(self) -> DataConfig:
-        if self.template not in TEMPLATES and "{prompt}" not in self.template:
-            raise ValueError(f"data.template must be one of {sorted(TEMPLATES)} or contain '{{prompt}}'")
+        if self.template not in TEMPLATES and self.template != "chat" and "{prompt}" not in self.template:
+            raise ValueError(f"data.template must be one of {sorted([*TEMPLATES, 'chat'])} or contain '{{prompt}}'")
+        if self.template != "chat" and (self.system_prompt is not None or self.chat_opens_think):
+            raise ValueError("data.system_prompt and data.chat_opens_think apply to data.template: chat only")
         pairs = (9 * 10 ** (self.digits - 1)) ** 2
         if self.train.startswith("builtin:") and self.eval_size > pairs // 2:
             raise ValueError(
@@ -108,6 +117,8 @@ class DataConfig(_Section):
     def think_opened(self) -> bool:
         """True when the template ends inside ``<think>`` (R1-Zero): completions start mid-thought, and
         the ``format`` reward then checks the completion as the continuation of an opened thought."""
+        if self.template == "chat":
+            return self.chat_opens_think
         return self.template_text().rstrip().endswith("<think>")
 
 

@@ -32,17 +32,42 @@ def reward_info(examples: list[Example], data: DataConfig, repeat: int = 1) -> l
 
 
 class PromptFormat:
-    """How a question becomes the prompt the model sees: ``data.template`` around it, then tokens."""
+    """How a question becomes the prompt the model sees: ``data.template`` around it (or the tokenizer's
+    chat template, with ``template: chat``), then tokens."""
 
     def __init__(self, cfg: RunConfig, tokenizer) -> None:
         self.tokenizer = tokenizer
-        self.template = cfg.data.template_text()
+        self.chat = cfg.data.template == "chat"
+        self.system = cfg.data.system_prompt
+        self.template = None if self.chat else cfg.data.template_text()
+        if self.chat and not getattr(tokenizer, "chat_template", None):
+            raise DataError("data.template: chat, but the model's tokenizer has no chat template")
 
     def text(self, prompt: str) -> str:
-        return self.template.replace("{prompt}", prompt)
+        if not self.chat:
+            return self.template.replace("{prompt}", prompt)
+        turns = ([{"role": "system", "content": self.system}] if self.system else []) + [
+            {"role": "user", "content": prompt}
+        ]
+        return self.tokenizer.apply_chat_template(turns, add_generation_prompt=True, tokenize=False)
 
     def ids(self, prompt: str) -> list[int]:
-        return self.tokenizer(self.text(prompt))["input_ids"]
+        # A chat template writes the special tokens (BOS included) itself.
+        return self.tokenizer(self.text(prompt), add_special_tokens=not self.chat)["input_ids"]
+
+
+def check_think_opening(cfg: RunConfig, tokenizer) -> None:
+    """The known trap of chat templates that open ``<think>`` themselves (R1-distill, Qwen3): the format
+    reward must then score the completion as the rest of that thought, and the config must say so."""
+    if cfg.data.template != "chat":
+        return
+    opens = PromptFormat(cfg, tokenizer).text("1+1=").rstrip().endswith("<think>")
+    if opens != cfg.data.chat_opens_think:
+        what = "opens <think> itself" if opens else "does not open <think>"
+        raise DataError(
+            f"data.chat_opens_think is {cfg.data.chat_opens_think}, but this model's chat template {what} at the "
+            f"start of every answer; set data.chat_opens_think: {str(opens).lower()} so the format reward matches"
+        )
 
 
 class Prompts:

@@ -59,7 +59,10 @@ def open_run(cfg: RunConfig, resume: bool) -> StageStart:
     base_model = resolve_model(cfg)
     from transformers import AutoTokenizer
 
+    from cluster.data.prompts import check_think_opening
+
     tokenizer = AutoTokenizer.from_pretrained(base_model, trust_remote_code=cfg.model.trust_remote_code)
+    check_think_opening(cfg, tokenizer)
     last = checkpoint.latest(run_dir) if resume else None
     state = checkpoint.load_driver_state(last) if last else {"step": 0, "data_position": 0, "evals": []}
     return StageStart(base_model=base_model, tokenizer=tokenizer, last_checkpoint=last, state=state)

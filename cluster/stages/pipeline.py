@@ -83,6 +83,10 @@ class Pipeline:
         except ValidationError as err:
             raise PipelineError(f"{self._where(stage)}: {format_validation_error(err)}") from None
 
+    def placeholders(self) -> dict[str, str]:
+        """Each stage's output path as it will be named (for checking configs before anything ran)."""
+        return {s.name: str(self.root / s.folder / OUTPUT[s.kind]) for s in self.stages}
+
     def _where(self, stage: Stage) -> str:
         return f"pipeline error: {self.source}: stage {stage.index} {stage.name!r} ({stage.kind})"
 
@@ -151,7 +155,7 @@ def load_pipeline(path: str | Path, overrides: list[str] | tuple[str, ...] = ())
     output_dir = Path(tree.get("output_dir", "runs"))
     pipeline = Pipeline(name=name, output_dir=output_dir, stages=stages, source=source)
     for stage in stages:  # every stage's config, with placeholder paths for the outputs it takes
-        _check_stage(pipeline, stage, pipeline.config(stage, _placeholders(pipeline)))
+        _check_stage(pipeline, stage, pipeline.config(stage, pipeline.placeholders()))
     return pipeline
 
 
@@ -215,7 +219,7 @@ def run_pipeline(pipeline: Pipeline) -> dict:
     report: list[dict] = []
     upstream_ran = False
     # One local cluster for every stage, as large as the largest stage needs.
-    cpus = max(required_cpus(pipeline.config(s, _placeholders(pipeline))) for s in pipeline.stages)
+    cpus = max(required_cpus(pipeline.config(s, pipeline.placeholders())) for s in pipeline.stages)
     for stage in pipeline.stages:
         cfg = pipeline.config(stage, outputs)
         folder = cfg.run_dir
@@ -253,10 +257,6 @@ def run_pipeline(pipeline: Pipeline) -> dict:
     print_pipeline_table(result)
     print(f"pipeline report: {pipeline.root / 'pipeline_report.json'}", flush=True)
     return result
-
-
-def _placeholders(pipeline: Pipeline) -> dict[str, str]:
-    return {s.name: str(pipeline.root / s.folder / OUTPUT[s.kind]) for s in pipeline.stages}
 
 
 def stage_figures(kind: str, summary: dict) -> dict:

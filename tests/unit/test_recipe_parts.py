@@ -211,3 +211,49 @@ def test_reward_models_judge_their_span_and_their_tasks():
     info = [RowInfo(task="math"), RowInfo(task="general")]
     out = add_model_rewards(cfg, scores, {"helpful": np.array([3.0, 2.0])}, info)
     assert out.components["helpful"].tolist() == [0.0, 2.0] and out.total.tolist() == [1.0, 1.0]
+
+
+# ---------------------------------------------------------------- chat templates
+OPENS_THINK = (
+    "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|><think>\n{% endif %}"
+)
+PLAIN_CHAT = OPENS_THINK.replace("<think>\n", "")
+
+
+def _chat_model(tmp_path, template: str):
+    from cluster.data.builtin_model import save_random_model
+
+    path = save_random_model(tmp_path / "m")
+    tok = build_tokenizer()
+    tok.chat_template = template
+    tok.save_pretrained(path)
+    return path
+
+
+def test_chat_template_formats_prompts_with_a_system_turn():
+    from cluster.data.prompts import PromptFormat
+
+    tok = build_tokenizer()
+    tok.chat_template = PLAIN_CHAT
+    cfg = _cfg(data={"template": "chat", "system_prompt": "be brief"})
+    assert PromptFormat(cfg, tok).text("1+1=") == "<|system|>be brief<|user|>1+1=<|assistant|>"
+    with pytest.raises(DataError, match="no chat template"):
+        PromptFormat(cfg, build_tokenizer())
+
+
+@pytest.mark.parametrize(("template", "opens"), [(OPENS_THINK, True), (PLAIN_CHAT, False)])
+def test_validate_catches_a_chat_template_that_opens_think(tmp_path, capsys, template, opens):
+    from cluster.cli import main
+
+    model = _chat_model(tmp_path, template)
+    capsys.readouterr()  # the model's save progress bar
+    base = ["validate", "--set", f"model.path={model}", "--set", "data.template=chat"]
+    wrong, right = f"data.chat_opens_think={str(not opens).lower()}", f"data.chat_opens_think={str(opens).lower()}"
+    assert main([*base, "--set", wrong]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"set data.chat_opens_think: {str(opens).lower()}" in err[0]
+    assert main([*base, "--set", right]) == 0
+    assert (
+        RunConfig.model_validate({"data": {"template": "chat", "chat_opens_think": opens}}).data.think_opened is opens
+    )
