@@ -28,11 +28,11 @@ from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
-from cluster.data.tasks import read_rows
+from cluster.data.tasks import AdditionTask, read_rows
 from cluster.errors import DataError
 from rewards.countdown import countdown_answer
 
-KINDS = ("countdown", "gsm8k", "math")
+KINDS = ("countdown", "gsm8k", "math", "addition")
 HUB_DEFAULTS = {"gsm8k": ("openai/gsm8k", "main"), "math": ("DigitalLearningGmbH/MATH-lighteval", "default")}
 """Hub dataset and config read when ``--source`` / ``--config`` are not given (MATH-lighteval is the
 public copy of hendrycks/competition_math, which was taken down)."""
@@ -66,6 +66,15 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     countdown.add_argument("--eval-n", type=_positive, metavar="N", help="also write N held-out rows, none in --out")
     countdown.add_argument("--eval-out", metavar="FILE", help="held-out file (default: <out stem>.eval.jsonl)")
 
+    addition = kinds.add_parser(
+        "addition", help="the builtin task's worked solutions as SFT rows (a cold start for the builtin model)"
+    )
+    addition.add_argument("--out", required=True, metavar="FILE", help="JSONL file to write")
+    addition.add_argument("--n", type=_positive, default=300, help="rows to write (default 300)")
+    addition.add_argument("--seed", type=int, default=0, help="data seed; held-out problems of that seed never appear")
+    addition.add_argument("--digits", type=int, choices=range(1, 10), default=3, metavar="D", help="operand digits")
+    addition.add_argument("--eval-size", type=_positive, default=200, help="the run's data.eval_size (held out)")
+
     for kind, title in (("gsm8k", "GSM8K"), ("math", "MATH / MATH-500")):
         name, config = HUB_DEFAULTS[kind]
         convert = kinds.add_parser(kind, help=f"convert {title} from a local copy or the Hugging Face hub")
@@ -95,7 +104,9 @@ def _positive(text: str) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """Carry out a parsed ``r1ray data`` command and print its one-line summary."""
-    if args.kind == "countdown":
+    if args.kind == "addition":
+        options = {"n": args.n, "seed": args.seed, "digits": args.digits, "eval_size": args.eval_size}
+    elif args.kind == "countdown":
         options = {
             "n": args.n,
             "seed": args.seed,
@@ -116,6 +127,8 @@ def prepare(kind: str, out: str | Path, **options) -> dict:
     (first few reasons), plus ``eval_path`` and ``eval_rows`` for a countdown held-out file."""
     if kind == "countdown":
         return _countdown(Path(out), **options)
+    if kind == "addition":
+        return _addition(Path(out), **options)
     if kind in _CONVERTERS:
         return _convert(kind, Path(out), **options)
     raise ValueError(f"unknown dataset kind {kind!r}; expected one of {KINDS}")
@@ -130,6 +143,35 @@ def summary_line(summary: dict) -> str:
     if summary["skipped"]:
         details += f"; skipped {summary['skipped']} unusable rows, first: {summary['skip_reasons'][0]}"
     return f"{written} ({details})"
+
+
+# ---- addition (the builtin task) ----------------------------------------------------------------------
+
+
+def _addition(out: Path, *, n: int, seed: int = 0, digits: int = 3, eval_size: int = 200) -> dict:
+    """``n`` distinct training problems of the builtin task (never one of the run's held-out problems, which
+    ``seed`` and ``eval_size`` fix), each with its worked solution as the SFT ``response``."""
+    task = AdditionTask(digits=digits, seed=seed, eval_size=eval_size)
+    rng = random.Random(f"addition-sft-{seed}")
+    rows, seen = [], set()
+    if n > (9 * 10 ** (digits - 1)) ** 2 - eval_size:
+        raise DataError(f"--n {n}: there are not that many {digits}-digit problems outside the held-out set")
+    while len(rows) < n:
+        ex = task.sample(rng)
+        if ex.prompt in seen:
+            continue
+        seen.add(ex.prompt)
+        rows.append(
+            {
+                "id": f"addition-{ex.id}",
+                "prompt": ex.prompt,
+                "answer": ex.answer,
+                "task": "addition",
+                "response": ex.solution,
+            }
+        )
+    _write_jsonl(out, rows)
+    return {"task": "addition", "path": str(out), "rows": len(rows), "skipped": 0, "skip_reasons": []}
 
 
 # ---- countdown ----------------------------------------------------------------------------------------

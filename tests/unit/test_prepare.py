@@ -305,3 +305,19 @@ def test_cli_rejects_bad_countdown_options():
         _parse(["data", "countdown", "--out", "x.jsonl", "--numbers", "7"])
     with pytest.raises(SystemExit):
         _parse(["data", "countdown", "--out", "x.jsonl", "--n", "0"])
+
+
+def test_addition_rows_are_worked_sft_rows_outside_the_held_out_set(tmp_path):
+    from cluster.data.tasks import AdditionTask
+
+    out = tmp_path / "cold.jsonl"
+    summary = prepare("addition", out, n=50, seed=3, digits=2, eval_size=20)
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert summary["rows"] == len(rows) == 50 and len({r["prompt"] for r in rows}) == 50
+    held_out = {ex.prompt for ex in AdditionTask(digits=2, seed=3, eval_size=20).eval_examples()}
+    assert not held_out & {r["prompt"] for r in rows}
+    for r in rows:
+        a, b = map(int, r["prompt"].rstrip("=").split("+"))
+        assert r["answer"] == str(a + b) and r["response"].endswith(f"<answer>{a + b}</answer>")
+    assert prepare("addition", tmp_path / "again.jsonl", n=50, seed=3, digits=2, eval_size=20)["rows"] == 50
+    assert (tmp_path / "again.jsonl").read_text() == out.read_text()
