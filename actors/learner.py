@@ -6,6 +6,11 @@ W ranks form one torch.distributed group (gloo on CPU, NCCL on GPU). Every rank 
 trains on its slice; the learner computes the response tokens' logprobs, the objective the loss,
 scaled so that W ranks take exactly the step one rank would take on the whole batch. Rank 0 is the
 send side of the weight broadcast to the rollout engines.
+
+With ``LearnerSpec.head == "reward"`` the rank trains a reward model instead: a sequence-classification
+model with one output (its head is new when it starts from a language model), whose per-sequence
+rewards go to a pairwise objective (``cluster/algo/pairwise.py``); its checkpoints load with
+``AutoModelForSequenceClassification``.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import torch
 import torch.distributed as dist
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
+from actors.reward_model import last_token_rewards
 from cluster.algo.logprobs import entropy_from_logits, token_logprobs
 from cluster.algo.objective import LossInputs, Objective
 from cluster.config import LearnerConfig
@@ -58,6 +64,7 @@ class LearnerRank:
         # Tokenizer and config come from the base model: model_path may be a checkpoint that rotation deletes.
         self.base_path = spec.base_path
         self.trust_remote_code = spec.trust_remote_code
+        self.head, self.seed = spec.head, spec.seed
         self.model = self._load_sharded(spec.model_path, trainable=True)
         self.ref = self._load_sharded(self.base_path, trainable=False) if spec.reference else None
         self.optimizer = torch.optim.AdamW(
@@ -72,9 +79,12 @@ class LearnerRank:
         from torch.distributed.device_mesh import init_device_mesh
         from transformers import AutoModelForCausalLM
 
-        model = AutoModelForCausalLM.from_pretrained(
-            path, dtype=torch.float32, trust_remote_code=self.trust_remote_code
-        ).to(self.device)
+        if self.head == "reward":
+            model = self._load_reward_model(path).to(self.device)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(
+                path, dtype=torch.float32, trust_remote_code=self.trust_remote_code
+            ).to(self.device)
         if trainable and self.cfg.activation_checkpointing:
             model.gradient_checkpointing_enable()
         mesh = init_device_mesh(self.device.type, (self.world_size,))
@@ -87,6 +97,28 @@ class LearnerRank:
         model.train(trainable)
         model.requires_grad_(trainable)
         return model
+
+    def _load_reward_model(self, path: str) -> torch.nn.Module:
+        from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+
+        config = AutoConfig.from_pretrained(path, num_labels=1, trust_remote_code=self.trust_remote_code)
+        text = config.get_text_config()
+        if getattr(text, "pad_token_id", None) is None:  # transformers refuses batches without one
+            tokenizer = AutoTokenizer.from_pretrained(self.base_path, trust_remote_code=self.trust_remote_code)
+            text.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        # A head new to the checkpoint is drawn from the run's seed, not the rank's: each rank keeps its own
+        # shard of its own copy, and the copies must be one model.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)
+            model = AutoModelForSequenceClassification.from_pretrained(
+                path, config=config, dtype=torch.float32, trust_remote_code=self.trust_remote_code
+            )
+        model.config.architectures = [type(model).__name__]  # what the checkpoint's config.json says it holds
+        return model
+
+    def _require_head(self, head: str, what: str) -> None:
+        if self.head != head:
+            raise ValueError(f"{what} needs a learner with head {head!r}; this one has {self.head!r}")
 
     def _response_logits(
         self, model: torch.nn.Module, batch: TrainBatch
@@ -111,6 +143,7 @@ class LearnerRank:
     def compute_logprobs(self, batch: TrainBatch, *, temperature: float, reference: bool = False) -> np.ndarray:
         """Per-response-token logprobs (B, R) of ``softmax(logits / temperature)`` of this rank's model (or
         the reference), 0 on padding."""
+        self._require_head("causal", "compute_logprobs")
         model = self.ref if reference else self.model
         if model is None:
             raise ValueError("no reference model: this learner was built without one")
@@ -121,6 +154,19 @@ class LearnerRank:
             lp = token_logprobs(logits, tokens, temperature)
             out.append(_pad_to(lp * mask, width))
         return torch.cat(out).float().cpu().numpy()
+
+    def _rewards(self, model: torch.nn.Module, batch: TrainBatch) -> torch.Tensor:
+        """(B,) the scalar head's output at each sequence's last token (prompt + response)."""
+        ends = batch.prompt_lens + batch.response_lens
+        used = min(batch.input_ids.shape[1], max(1, int(ends.max())))
+        ids = torch.tensor(batch.input_ids[:, :used], device=self.device)
+        return last_token_rewards(model, ids, torch.tensor(ends, device=self.device))
+
+    @torch.no_grad()
+    def compute_rewards(self, batch: TrainBatch) -> np.ndarray:
+        """(B,) float32 rewards of a reward-model learner (held-out evaluation); every rank must join (FSDP)."""
+        self._require_head("reward", "compute_rewards")
+        return torch.cat([self._rewards(self.model, chunk) for chunk in self._micro_batches(batch)]).cpu().numpy()
 
     def _micro_batches(self, batch: TrainBatch) -> list[TrainBatch]:
         step = self.cfg.micro_batch_size
@@ -137,8 +183,10 @@ class LearnerRank:
     def train_step(self, batch: TrainBatch, objective: Objective) -> dict[str, float]:
         """``objective.epochs`` passes of ``objective.mini_batches`` optimizer steps over this rank's shard;
         returns metrics averaged over updates and ranks."""
+        self._require_head(objective.head, type(objective).__name__)
         if objective.uses_reference and self.ref is None:
             raise ValueError(f"{type(objective).__name__} needs the reference model, and this learner has none")
+        self._check_groups(batch, objective)
         start = time.perf_counter()
         shard = self._shard(batch, objective.mini_batches)
         old = self._old_logprobs(shard, objective)
@@ -158,6 +206,15 @@ class LearnerRank:
         metrics["throughput/train_tokens_per_s"] = tokens * self.world_size / (time.perf_counter() - start)
         metrics["lr"] = self.scheduler.get_last_lr()[0]
         return metrics
+
+    def _check_groups(self, batch: TrainBatch, objective: Objective) -> None:
+        """Rank shards and mini-batches hold whole groups (pairs) only if the groups split evenly over them."""
+        rows, splits = objective.group_rows, objective.mini_batches * self.world_size
+        if rows > 1 and len(batch) % (rows * splits):
+            raise ValueError(
+                f"{type(objective).__name__}: {len(batch)} rows in groups of {rows}; the {len(batch) // rows} "
+                f"groups must split evenly over {objective.mini_batches} mini-batch(es) x {self.world_size} rank(s)"
+            )
 
     def _old_logprobs(self, shard: TrainBatch, objective: Objective) -> torch.Tensor | None:
         """The behaviour policy's logprobs for the clipped ratio, from where the batch says: the engine's
@@ -185,25 +242,16 @@ class LearnerRank:
         sums: dict[str, float] = {}  # weighted by the objective's weighting (tokens or sequences)
         maxes: dict[str, float] = {}
         weight = 0.0
-        step = self.cfg.micro_batch_size
+        # Whole groups per micro-batch: a pair's loss needs both of its rows.
+        step = max(objective.group_rows, self.cfg.micro_batch_size // objective.group_rows * objective.group_rows)
         for i in range(0, len(mini), step):
             micro = mini.select(slice(i, i + step))
-            logits, tokens, mask = self._response_logits(self.model, micro)
-            lp = token_logprobs(logits, tokens, objective.temperature)
-            cut = (rows, slice(i, i + step), slice(0, lp.shape[1]))  # this micro-batch of the precomputed tables
-            inputs = LossInputs(
-                logprobs=lp,
-                mask=mask,
-                advantages=torch.as_tensor(micro.advantages, device=self.device),
-                old_logprobs=self._cut(old, cut),
-                ref_logprobs=self._cut(ref, cut),
-            )
+            inputs, own = self._loss_inputs(micro, (rows, slice(i, i + step)), old, ref, objective)
             loss, m = objective.loss(inputs)
             (loss * self._loss_scale(micro, mini, token_total, objective)).backward()
             w = float(micro.response_lens.sum()) if objective.token_weighted else float(len(micro))
             weight += w
-            m["entropy"] = self._entropy(logits, mask, objective.temperature)
-            for key, value in m.items():
+            for key, value in (m | own).items():
                 if _is_max(key):
                     maxes[key] = max(maxes.get(key, value), value)
                 else:
@@ -215,6 +263,30 @@ class LearnerRank:
         self.optimizer.zero_grad(set_to_none=True)
         sums["grad_norm"] = float(grad_norm) * weight  # already global, the same on every rank: its mean is itself
         return _reduce(sums, weight, maxes)
+
+    def _loss_inputs(
+        self,
+        micro: TrainBatch,
+        cut: tuple[slice, slice],
+        old: torch.Tensor | None,
+        ref: torch.Tensor | None,
+        objective: Objective,
+    ) -> tuple[LossInputs, dict[str, float]]:
+        """One micro-batch's forward (with gradient) as the objective's inputs, and the learner's own metrics.
+        ``cut``: the mini-batch's rows of the precomputed tables, and this micro-batch's rows of those."""
+        if objective.head == "reward":
+            return LossInputs(values=self._rewards(self.model, micro)), {}
+        logits, tokens, mask = self._response_logits(self.model, micro)
+        lp = token_logprobs(logits, tokens, objective.temperature)
+        cut = (*cut, slice(0, lp.shape[1]))
+        inputs = LossInputs(
+            logprobs=lp,
+            mask=mask,
+            advantages=torch.as_tensor(micro.advantages, device=self.device),
+            old_logprobs=self._cut(old, cut),
+            ref_logprobs=self._cut(ref, cut),
+        )
+        return inputs, {"entropy": self._entropy(logits, mask, objective.temperature)}
 
     def _cut(self, table: torch.Tensor | None, cut: tuple[slice, slice, slice]) -> torch.Tensor | None:
         rows, micro, width = cut
@@ -267,7 +339,8 @@ class LearnerRank:
 
     # ------------------------------------------------------------------ checkpoints
     def save_checkpoint(self, path: str) -> None:
-        """Hugging Face weights (safetensors) plus optimizer, scheduler and RNG state; rank 0 writes."""
+        """Hugging Face weights (safetensors; a reward model's load as sequence classification) plus optimizer,
+        scheduler and RNG state; rank 0 writes."""
         from torch.distributed.checkpoint.state_dict import (
             StateDictOptions,
             get_model_state_dict,
@@ -304,7 +377,7 @@ class LearnerRank:
 
         opts = StateDictOptions(full_state_dict=True)
         weights = load_file(Path(path) / "model.safetensors")
-        if self.model.config.tie_word_embeddings:
+        if self.head == "causal" and self.model.config.tie_word_embeddings:
             weights["lm_head.weight"] = weights["model.embed_tokens.weight"]
         set_model_state_dict(self.model, weights, options=opts)
         state = torch.load(Path(path) / "trainer_state.pt", weights_only=False)

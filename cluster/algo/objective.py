@@ -1,9 +1,11 @@
-"""What a learner optimises: an ``Objective`` turns per-token logprobs of a micro-batch into a loss.
+"""What a learner optimises: an ``Objective`` turns one micro-batch's model outputs into a loss.
 
-The learner is objective-agnostic: it computes the response tokens' logprobs once per micro-batch
-(at ``objective.temperature``) and hands them to ``objective.loss``; GRPO (``algo/grpo.py``) and SFT
-(``algo/sft.py``) are the two kinds. Objectives are small frozen dataclasses sent with every
-``train_step`` call, so the learner holds no schedule of its own.
+The learner is objective-agnostic: for a language model (``head == "causal"``) it computes the
+response tokens' logprobs once per micro-batch (at ``objective.temperature``) and hands them to
+``objective.loss``: GRPO (``algo/grpo.py``) and SFT (``algo/sft.py``); for a scalar head
+(``head == "reward"``) it hands over one value per sequence: the Bradley-Terry reward model
+(``algo/pairwise.py``). Objectives are small frozen dataclasses sent with every ``train_step``
+call, so the learner holds no schedule of its own.
 """
 
 from __future__ import annotations
@@ -16,20 +18,32 @@ from torch import Tensor
 
 @dataclass(kw_only=True)
 class LossInputs:
-    """One micro-batch, (B, R) tensors on the learner's device."""
+    """One micro-batch on the learner's device: (B, R) token tables from a language model, or (B,) ``values``
+    from a scalar head."""
 
-    logprobs: Tensor
+    logprobs: Tensor | None = None
     """The trained model's logprobs of the response tokens (with gradient)."""
-    mask: Tensor
+    mask: Tensor | None = None
     """1.0 on response tokens, 0.0 on padding."""
-    advantages: Tensor
+    advantages: Tensor | None = None
     """(B,) per-sequence advantages."""
     old_logprobs: Tensor | None = None
     """Behaviour policy's logprobs; None means the batch is on-policy (the trained forward itself)."""
     ref_logprobs: Tensor | None = None
     """The frozen reference model's logprobs, when the objective asks for them."""
+    values: Tensor | None = None
+    """(B,) the scalar head's output at each sequence's last token (a reward model's rewards, with gradient);
+    given instead of the token tables."""
 
     def __post_init__(self) -> None:
+        tables = ("logprobs", "mask", "advantages", "old_logprobs", "ref_logprobs")
+        if self.values is not None:
+            given = [name for name in tables if getattr(self, name) is not None]
+            if given or self.values.ndim != 1:
+                raise ValueError(f"values must be (B,) and come alone, got {tuple(self.values.shape)} with {given}")
+            return
+        if self.logprobs is None or self.mask is None or self.advantages is None:
+            raise ValueError("LossInputs needs logprobs, mask and advantages (or values, from a scalar head)")
         shape = tuple(self.logprobs.shape)
         if len(shape) != 2 or tuple(self.mask.shape) != shape:
             raise ValueError(f"logprobs {shape} and mask {tuple(self.mask.shape)} must be the same (B, R)")
@@ -72,6 +86,18 @@ class Objective(ABC):
     def token_weighted(self) -> bool:
         """Micro-batches (and ranks) combine weighted by tokens (True) or by sequences (False)."""
         return True
+
+    @property
+    def head(self) -> str:
+        """What the learner's model outputs for ``loss``: ``causal`` token logprobs, or ``reward`` per-sequence
+        ``values`` (the learner's ``LearnerSpec.head`` must match)."""
+        return "causal"
+
+    @property
+    def group_rows(self) -> int:
+        """Consecutive rows that belong together (a preference pair: 2); rank shards and micro-batches never
+        split a group."""
+        return 1
 
     @abstractmethod
     def loss(self, inputs: LossInputs) -> tuple[Tensor, dict[str, float]]:

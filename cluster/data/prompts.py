@@ -53,7 +53,9 @@ class PromptFormat:
 
     def ids(self, prompt: str) -> list[int]:
         # A chat template writes the special tokens (BOS included) itself.
-        return self.tokenizer(self.text(prompt), add_special_tokens=not self.chat)["input_ids"]
+        if self.chat:
+            return self.tokenizer(self.text(prompt), add_special_tokens=False)["input_ids"]
+        return self.tokenizer(self.text(prompt))["input_ids"]
 
 
 def check_think_opening(cfg: RunConfig, tokenizer) -> None:

@@ -124,13 +124,15 @@ class Fleet:
         cfg = self.cfg
         if rollouts:
             self.rollouts = [self._rollout(i, model_path) for i in range(cfg.rollout.num_workers)]
+        scoring = rollouts or not learners  # a stage that samples, or one that only scores
         self.scorers = [
             RewardScorer.options(name=f"reward-{i}", num_cpus=SCORER_CPUS).remote(
                 cfg.reward.rule_weights, cfg.reward.timeout_s, think_opened=cfg.data.think_opened, only=cfg.reward.only
             )
-            for i in range(cfg.reward.num_scorers)
+            for i in range(cfg.reward.num_scorers if scoring else 0)
         ]
-        self.reward_models = {name: self._reward_model(name, spec) for name, spec in cfg.reward.models.items()}
+        models = cfg.reward.models.items() if scoring else ()
+        self.reward_models = {name: self._reward_model(name, spec) for name, spec in models}
         if learners:
             self.learners = self._learners(model_path, base_path, optimizer_steps, reference)
         ray.get([w.ready.remote() for w in [*self.rollouts, *self.reward_models.values()]])
@@ -235,6 +237,11 @@ class Fleet:
         if self.weights is None:
             raise RuntimeError("this fleet has no rollout engines or no learners: there is nothing to sync")
         return self.weights.push(version) | self.weights.check(probe)
+
+    def rewards(self, batch: TrainBatch) -> np.ndarray:
+        """A reward-model fleet's (``head="reward"``) reward per row of ``batch`` (B,); every rank joins the forward."""
+        ref = ray.put(batch)
+        return ray.get([learner.compute_rewards.remote(ref) for learner in self.learners])[0]
 
     def logprobs(self, batch: TrainBatch, temperature: float = 1.0) -> np.ndarray:
         """The learner's per-response-token logprobs of ``batch`` (B, R); every rank joins the forward."""

@@ -70,6 +70,8 @@ def create_placement(
             name=f"{cfg.name}-learner",
         )
     groups = [g for g in (rollout, learner) if g is not None]
+    if not groups:
+        return Placement(None, None)
     ready, _ = ray.wait([g.ready() for g in groups], num_returns=len(groups), timeout=timeout_s)
     if len(ready) < len(groups):
         for group in groups:  # else the autoscaler keeps asking for nodes for them

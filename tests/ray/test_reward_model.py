@@ -1,0 +1,204 @@
+"""Reward-model training for real: ``run_rm`` learns a preference the random model does not know, its checkpoint
+serves from ``RewardModelServer``, and two FSDP ranks take exactly the pairwise step one rank takes."""
+
+import json
+import random
+import socket
+
+import numpy as np
+import pytest
+import ray
+import torch
+
+from actors.learner import PolicyLearner
+from actors.reward_model import RewardModelServer
+from cluster.algo.pairwise import PairwiseObjective, pairwise_metrics
+from cluster.config import LearnerConfig, load_config
+from cluster.data.builtin_model import save_random_model
+from cluster.payloads import LearnerSpec, TrainBatch
+from cluster.stages.rm import run_rm
+
+pytestmark = pytest.mark.ray
+
+TRAIN_PAIRS, HELD_OUT = 3200, 128
+
+
+def _preference_rows(n: int, seed: int) -> list[dict]:
+    """Small additions: the correct sum is preferred to a wrong one (same tags, same length range), so a random
+    model scores them alike and only a learned reward tells them apart."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        a, b = rng.randint(0, 9), rng.randint(0, 2)
+        wrong = rng.choice([x for x in range(12) if x != a + b])
+        chosen, rejected = f"<answer>{a + b}</answer>", f"<answer>{wrong}</answer>"
+        rows.append({"prompt": f"{a}+{b}=", "chosen": chosen, "rejected": rejected})
+    return rows
+
+
+@pytest.fixture(scope="module")
+def trained(ray_cluster, tmp_path_factory):
+    root = tmp_path_factory.mktemp("rm")
+    base = save_random_model(root / "base", seed=0)
+    rows = _preference_rows(TRAIN_PAIRS, seed=0)
+    train = root / "pairs.jsonl"
+    train.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = load_config(
+        None,
+        [
+            f"model.path={base}",
+            f"output_dir={root / 'runs'}",
+            "name=rm-test",
+            f"rm.train={train}",
+            f"rm.eval_size={HELD_OUT}",
+            "rm.batch_size=32",
+            "rm.epochs=1",
+            "eval_every=0",
+            "learner.cpus_per_rank=1",
+            "learner.lr=1e-3",
+            "learner.lr_schedule=cosine",
+            "learner.micro_batch_size=64",
+        ],
+    )
+    summary = run_rm(cfg)
+    return summary, rows[-HELD_OUT:]  # run_rm holds out the file's tail
+
+
+def test_run_rm_learns_the_preference(trained):
+    summary, _ = trained
+    assert summary["kind"] == "rm" and summary["steps"] == (TRAIN_PAIRS - HELD_OUT) // 32
+    before, after = summary["eval_accuracy_before"], summary["eval_accuracy_after"]
+    assert after >= 0.8 and after > before + 0.2, summary["evals"]
+    assert summary["eval_loss_after"] < summary["eval_loss_before"]
+
+
+def test_the_checkpoint_is_a_hugging_face_reward_model(trained):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    summary, _ = trained
+    model = AutoModelForSequenceClassification.from_pretrained(summary["model"])
+    assert model.config.num_labels == 1 and model.config.architectures == ["Qwen2ForSequenceClassification"]
+    assert AutoTokenizer.from_pretrained(summary["model"]).eos_token == "<eos>"
+
+
+def test_reward_model_server_prefers_the_chosen_responses(trained):
+    summary, held_out = trained
+    server = RewardModelServer.options(num_cpus=1).remote(summary["model"], batch_size=48)
+    try:
+        assert ray.get(server.ready.remote())
+        prompts = [r["prompt"] for r in held_out]
+        chosen = ray.get(server.score.remote(prompts, [r["chosen"] for r in held_out]))
+        rejected = ray.get(server.score.remote(prompts, [r["rejected"] for r in held_out]))
+    finally:
+        ray.kill(server)
+    assert chosen.shape == (HELD_OUT,) and chosen.dtype == np.float32
+    accuracy = float((chosen > rejected).mean())
+    # The server tokenizes as training did: its accuracy is the stage's own held-out measurement.
+    assert accuracy == pytest.approx(summary["eval_accuracy_after"], abs=1 / HELD_OUT)
+
+
+def test_a_reward_config_combines_rules_and_the_model_by_task_and_span(trained):
+    """Fleet.score: the rule reward on reasoning rows, the reward model on general rows, judging the answer."""
+    from cluster.runtime.fleet import Fleet
+    from rewards.registry import RowInfo
+
+    summary, held_out = trained
+    cfg = load_config(
+        None,
+        [
+            "name=rm-fleet",
+            "reward.weights={exact: 1.0, pref: 0.5}",
+            f"reward.models={{pref: {{path: {summary['model']}, span: answer}}}}",
+            "reward.only={exact: [math], pref: [general]}",
+        ],
+    )
+    fleet = Fleet(cfg, "", "", rollouts=False, learners=False)
+    try:
+        rows = held_out[:16]
+        # The reward model sees only the answer: a chain of thought in front changes nothing.
+        texts = [f"<think>1+1=2</think>{r['chosen']}" for r in rows] + [r["rejected"] for r in rows]
+        answers = [str(eval(r["prompt"].rstrip("="))) for r in rows] * 2  # noqa: S307 - digits and '+' only
+        general = [RowInfo(task="general", prompt=r["prompt"]) for r in rows] * 2
+        scores = fleet.score(texts, answers, general)
+        assert set(scores.components) == {"exact", "format", "pref"}
+        assert (scores.components["exact"] == 0).all(), "exact applies to math rows only"
+        pref = scores.components["pref"]
+        assert (pref[:16] > pref[16:]).mean() >= 0.75
+        np.testing.assert_allclose(scores.total, 0.5 * pref, rtol=1e-6)
+        math = fleet.score(texts, answers, [RowInfo(task="math", prompt=r["prompt"]) for r in rows] * 2)
+        assert (math.components["pref"] == 0).all() and math.components["exact"][:16].all()
+    finally:
+        fleet.shutdown()
+
+
+# ---------------------------------------------------------------- FSDP: pairs over ranks
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _pair_batch(pairs: int, seed: int = 0) -> TrainBatch:
+    rng = np.random.default_rng(seed)
+    prompt_lens = np.repeat(rng.integers(2, 5, pairs), 2)
+    response_lens = rng.integers(2, 7, 2 * pairs)
+    ids = np.zeros((2 * pairs, int((prompt_lens + response_lens).max())), dtype=np.int64)
+    for i in range(2 * pairs):
+        ids[i, : prompt_lens[i] + response_lens[i]] = rng.integers(2, 25, prompt_lens[i] + response_lens[i])
+    zeros = np.zeros(2 * pairs, dtype=np.float32)
+    return TrainBatch(input_ids=ids, prompt_lens=prompt_lens, response_lens=response_lens, advantages=zeros)
+
+
+def _ranks(model_path, world: int) -> list:
+    # micro_batch_size 3 is rounded down to one pair: no micro-batch splits a pair.
+    cfg = LearnerConfig(world_size=world, lr=1e-3, micro_batch_size=3, grad_clip=1e9)
+    port = _free_port()
+    specs = [
+        LearnerSpec(
+            rank=rank,
+            world_size=world,
+            master_addr="127.0.0.1",
+            master_port=port,
+            model_path=str(model_path),
+            base_path=str(model_path),
+            config=cfg,
+            optimizer_steps=1,
+            reference=False,
+            head="reward",
+        )
+        for rank in range(world)
+    ]
+    return [PolicyLearner.options(num_cpus=1).remote(spec) for spec in specs]
+
+
+def _step(model_path, world: int) -> tuple[dict, np.ndarray, np.ndarray]:
+    ranks = _ranks(model_path, world)
+    try:
+        batch = ray.put(_pair_batch(4))
+        before = ray.get([r.compute_rewards.remote(batch) for r in ranks])[0]
+        metrics = ray.get([r.train_step.remote(batch, PairwiseObjective()) for r in ranks])[0]
+        after = ray.get([r.compute_rewards.remote(batch) for r in ranks])[0]
+        if world == 2:
+            odd = ray.put(_pair_batch(3))
+            for call in [r.train_step.remote(odd, PairwiseObjective()) for r in ranks]:
+                with pytest.raises(ValueError, match="split evenly"):  # 3 pairs over 2 ranks
+                    ray.get(call)
+        return metrics, before, after
+    finally:
+        for r in ranks:
+            ray.kill(r)
+
+
+def test_two_ranks_take_the_pairwise_step_one_rank_takes(ray_cluster, tied_model):
+    one, before1, after1 = _step(tied_model, 1)
+    two, before2, after2 = _step(tied_model, 2)
+    # The new head is drawn from the run's seed on every rank: both start from the same model.
+    np.testing.assert_allclose(before1, before2, rtol=1e-5, atol=1e-6)
+    assert np.abs(after1 - before1).max() > 1e-4, "the update did not change the rewards"
+    np.testing.assert_allclose(after1, after2, rtol=1e-4, atol=1e-5)
+    for key in ("loss", "accuracy", "reward_margin", "grad_norm"):
+        assert one[key] == pytest.approx(two[key], rel=1e-4, abs=1e-6), key
+    # The step's metrics are those of the whole batch before the update, however micro-batches and ranks cut it.
+    _, direct = pairwise_metrics(torch.tensor(before1))
+    for key in ("loss", "accuracy", "reward_margin"):
+        assert two[key] == pytest.approx(direct[key], rel=1e-5, abs=1e-6), key
