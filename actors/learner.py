@@ -364,6 +364,10 @@ class LearnerRank:
             weights.pop("lm_head.weight", None)
         save_file({k: v.contiguous() for k, v in weights.items()}, out / "model.safetensors", metadata={"format": "pt"})
         config.save_pretrained(out)
+        # vLLM takes the EOS ids from generation_config.json: without it a checkpoint may stop differently.
+        generation = getattr(self.model, "generation_config", None)
+        if generation is not None:
+            generation.save_pretrained(out)
         AutoTokenizer.from_pretrained(self.base_path, trust_remote_code=self.trust_remote_code).save_pretrained(out)
         torch.save({"optimizer": optim, "scheduler": self.scheduler.state_dict(), "rng": rng}, out / "trainer_state.pt")
 

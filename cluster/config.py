@@ -294,6 +294,9 @@ class ClusterConfig(_Section):
     """Where a locally started dashboard listens; keep loopback unless token auth is on."""
     dashboard_port: int = Field(8265, ge=1, le=65535)
     """Port of a locally started dashboard."""
+    stop_grace_s: float = Field(120.0, gt=0.0)
+    """After SIGTERM, how long the current step may take to finish before it is abandoned (a checkpoint is
+    written when it finishes in time; the last complete one stays either way)."""
     weight_sync: Literal["auto", "gloo", "nccl"] = "auto"
     """Weight broadcast backend: ``auto`` picks nccl when learners have GPUs, else gloo."""
 

@@ -7,3 +7,11 @@ class ConfigError(ValueError):
 
 class DataError(ValueError):
     """Bad input found when the run starts (dataset rows, model folder), phrased for the user."""
+
+
+class Stopped(Exception):
+    """A stage stopped early on request (SIGTERM: ``ray job stop``, preemption) after writing a checkpoint."""
+
+    def __init__(self, message: str, resume_hint: str) -> None:
+        super().__init__(message)
+        self.resume_hint = resume_hint

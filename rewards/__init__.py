@@ -5,10 +5,10 @@ Every reward maps ``(completion, gold_answer)`` to a float; ``rewards.registry``
     from rewards import WeightedReward
     total, parts = WeightedReward({"accuracy": 1.0, "format": 0.1})(completion, gold_answer)
 
-Scripts that call ``accuracy_reward`` need the ``if __name__ == "__main__":`` guard: its math-verify
-workers are started with multiprocessing's "spawn" method, which re-imports the main module. A service
-that calls it directly can ``rewards.math.warm_up()`` once so that worker start-up never eats a call's
-deadline (r1ray's scorer runs whole rewards in its own deadline workers instead).
+``accuracy_reward`` runs math-verify in worker processes that never import the caller's main module,
+so it works from a script without an ``if __name__ == "__main__":`` guard, a notebook, a thread or a
+Ray actor. A service that calls it directly can ``rewards.math.warm_up()`` once so that worker start-up
+never eats a call's deadline (r1ray's scorer runs whole rewards in its own deadline workers instead).
 """
 
 from rewards.countdown import countdown_answer, countdown_reward

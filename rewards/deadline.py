@@ -9,31 +9,51 @@ be killed, from any thread, so ``DeadlineExecutor.run`` sends the call to one, w
         pool.run(pow, 9, 9**9, timeout=1.0)  # Outcome(value=None, status="timeout", error="...")
         pool.run(pow, 2, 10, timeout=1.0)  # Outcome(value=1024, status="ok", error=None)
 
-Workers start lazily with the "spawn" method by default, or "forkserver" (callers are multi-threaded
-Ray actors, where a plain fork is unsafe), and are reused; each concurrent caller gets its own
-(at most ``max_workers`` when given).
+A worker is a fresh interpreter started with ``subprocess`` (``python -c`` importing this module),
+talking to its parent over a socket pair. multiprocessing's "spawn" and "forkserver" would re-import
+the caller's ``__main__`` in the worker, re-running a script without an ``if __name__ == "__main__":``
+guard (whose reward call then crashes the worker); a worker started here imports only the modules
+its calls need, so rewards work the same from such a script, a notebook, a thread or a Ray actor.
+The price: a function defined in the caller's ``__main__`` cannot run in a worker (the call's outcome
+says it could not be unpickled); put it in a module.
+
+Workers start lazily and are reused; each concurrent caller gets its own (at most ``max_workers``
+when given).
 """
 
 from __future__ import annotations
 
+import atexit
 import multiprocessing
 import os
 import pickle
 import signal
+import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
+from pathlib import Path
 from typing import Any, Literal
 
 Status = Literal["ok", "timeout", "error"]
 
-# Set in worker processes: a daemonic worker may not start children, and the run() that sent the
-# call there already enforces a deadline, so a nested run() calls the function inline.
+# Set in worker processes: the run() that sent the call there already enforces a deadline, so a
+# nested run() calls the function inline instead of starting workers of its own.
 _INSIDE_WORKER = False
-_PING = pickle.dumps((int, (), {}))
+# The worker reads its sys.path before importing anything outside the standard library, so that it
+# finds this package (and the callers' modules) where the parent does.
+_BOOTSTRAP = (
+    "import sys; from multiprocessing.connection import Connection; conn = Connection(int(sys.argv[1])); "
+    "sys.path[:] = conn.recv(); from rewards.deadline import _worker_main; _worker_main(conn)"
+)
+_PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent)
+# Killed at interpreter exit: an idle worker exits when its parent's end of the socket closes, but one
+# busy with a hung call (a daemon thread was waiting on it) would run on, holding the parent's stdout.
+_LIVE: set[subprocess.Popen] = set()
+os.register_at_fork(after_in_child=_LIVE.clear)  # a forked child must not kill its parent's workers
 
 
 @dataclass(frozen=True)
@@ -64,14 +84,16 @@ def _outcome(status: Status, value: Any) -> Outcome:
     return Outcome(value, "ok") if status == "ok" else Outcome(None, status, value)
 
 
-def _worker_main(conn: Connection, initializer: Callable[[], None] | None, path: list[str]) -> None:
+def _worker_main(conn: Connection) -> None:
+    """The worker's loop (started by ``_BOOTSTRAP``): announce readiness, then answer calls until EOF."""
     global _INSIDE_WORKER
     _INSIDE_WORKER = True
-    sys.path[:] = path  # forkserver children do not get the parent's sys.path the way spawn's do
     # Ctrl-C reaches the whole process group; the parent decides when a worker dies.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    if initializer is not None:
-        initializer()
+    hello = _execute(conn.recv_bytes())  # the initializer, sent as the first call
+    conn.send(hello)
+    if hello[0] != "ok":
+        return
     while True:
         try:
             payload = conn.recv_bytes()
@@ -85,24 +107,55 @@ def _worker_main(conn: Connection, initializer: Callable[[], None] | None, path:
 
 
 class _Worker:
-    def __init__(self, ctx: multiprocessing.context.BaseContext, initializer: Callable[[], None] | None) -> None:
-        self.conn, child_conn = ctx.Pipe()
-        self.process = ctx.Process(target=_worker_main, args=(child_conn, initializer, list(sys.path)), daemon=True)
-        self.process.start()
-        child_conn.close()
+    def __init__(self, initializer: Callable[[], None] | None) -> None:
+        init = pickle.dumps((initializer or int, (), {}), protocol=pickle.HIGHEST_PROTOCOL)
+        path = sys.path if _PACKAGE_ROOT in sys.path else [*sys.path, _PACKAGE_ROOT]
+        self.conn, child_conn = multiprocessing.Pipe()
+        with child_conn:
+            # Queued before the worker exists, so these sends can neither block nor fail.
+            self.conn.send(path)
+            self.conn.send_bytes(init)
+            fd = child_conn.fileno()
+            self.process = subprocess.Popen(
+                [sys.executable, "-c", _BOOTSTRAP, str(fd)], pass_fds=(fd,), stdin=subprocess.DEVNULL
+            )
+        _LIVE.add(self.process)
         self.ready = False
+
+    def wait_ready(self, deadline: float) -> tuple[Status, str | None]:
+        """Wait until the initializer has run; after "error" or "timeout" the caller kills the worker."""
+        if self.ready:
+            return "ok", None
+        try:
+            status, error = self._receive(deadline)
+        except (EOFError, OSError):
+            self.kill()
+            return "error", f"it exited with code {self.process.returncode}"
+        self.ready = status == "ok"
+        return status, error
 
     def call(self, payload: bytes, deadline: float) -> tuple[Status, Any]:
         """Send one call; raises EOFError or OSError when the worker has died."""
         self.conn.send_bytes(payload)
+        return self._receive(deadline)
+
+    def _receive(self, deadline: float) -> tuple[Status, Any]:
         if not self.conn.poll(max(0.0, deadline - time.monotonic())):
             return "timeout", None
         return self.conn.recv()
 
     def kill(self) -> None:
-        self.process.kill()
-        self.process.join()
+        self.process.kill()  # a no-op once it has exited
+        self.process.wait()
         self.conn.close()
+        _LIVE.discard(self.process)
+
+
+@atexit.register
+def _kill_live_workers() -> None:
+    for process in _LIVE.copy():
+        process.kill()
+        process.wait()
 
 
 class DeadlineExecutor:
@@ -113,11 +166,9 @@ class DeadlineExecutor:
         *,
         initializer: Callable[[], None] | None = None,
         max_workers: int | None = None,
-        mp_context: str = "spawn",
         startup_in_deadline: bool = True,
         startup_timeout: float = 60.0,
     ) -> None:
-        self._ctx = multiprocessing.get_context(mp_context)
         # A scorer must not score 0 because a replacement worker was still starting after a kill:
         # with startup_in_deadline=False the call's deadline starts once its worker is ready, and
         # start-up is bounded by startup_timeout instead.
@@ -136,8 +187,9 @@ class DeadlineExecutor:
         """Call ``fn(*args, **kwargs)`` in a worker; always returns within about ``timeout`` seconds.
 
         The deadline covers waiting for a free worker and, unless the executor was made with
-        ``startup_in_deadline=False``, starting one. ``fn``, its arguments and its
-        result must pickle; a call that cannot be pickled raises here, before any worker is involved.
+        ``startup_in_deadline=False``, starting one. ``fn``, its arguments and its result must pickle,
+        and ``fn`` must be importable by module name; a call that cannot be pickled raises here, before
+        any worker is involved.
         """
         if _INSIDE_WORKER:
             return _outcome(*_call(fn, args, kwargs))
@@ -155,20 +207,26 @@ class DeadlineExecutor:
 
         Start-up (an interpreter plus the initializer's imports, about a second under load) otherwise
         counts against the first calls' deadlines; a service calls this once before taking requests.
+        All or nothing: when one worker fails to start, the others started here are killed too.
         """
         with self._lock:
             missing = workers - len(self._idle)
-        fresh = [_Worker(self._ctx, self._initializer) for _ in range(missing)]
-        deadline = time.monotonic() + timeout
-        for worker in fresh:
-            try:
-                ready = worker.call(_PING, deadline)[0] == "ok"
-            except (EOFError, OSError):
-                ready = False
-            if not ready:
+        fresh: list[_Worker] = []
+        try:
+            for _ in range(missing):
+                fresh.append(_Worker(self._initializer))
+            deadline = time.monotonic() + timeout
+            for worker in fresh:
+                status, error = worker.wait_ready(deadline)
+                if status == "timeout":
+                    raise RuntimeError(f"a worker did not start within {timeout} s")
+                if status == "error":
+                    raise RuntimeError(f"a worker did not start: {error}")
+        except BaseException:
+            for worker in fresh:
                 worker.kill()
-                raise RuntimeError(f"a worker did not start within {timeout} s (exit code {worker.process.exitcode})")
-            worker.ready = True
+            raise
+        for worker in fresh:
             self._checkin(worker)
 
     def close(self) -> None:
@@ -187,25 +245,26 @@ class DeadlineExecutor:
 
     def _run_on_worker(self, payload: bytes, deadline: float, timeout: float) -> Outcome:
         worker = self._checkout()
-        if not self._startup_in_deadline and not worker.ready:
-            try:
-                worker.ready = worker.call(_PING, time.monotonic() + self._startup_timeout)[0] == "ok"
-            except (EOFError, OSError):
-                pass
-            if not worker.ready:
-                worker.kill()
-                return Outcome(None, "error", f"worker did not start within {self._startup_timeout} s")
+        if self._startup_in_deadline or worker.ready:
+            status, error = worker.wait_ready(deadline)  # at once when the worker is ready
+        else:
+            status, error = worker.wait_ready(time.monotonic() + self._startup_timeout)
+            if status == "timeout":
+                status, error = "error", f"no reply within {self._startup_timeout} s"
             deadline = time.monotonic() + timeout
-        try:
-            status, value = worker.call(payload, deadline)
-        except (EOFError, OSError):
+        if status == "error":
             worker.kill()
-            return Outcome(None, "error", f"worker process died (exit code {worker.process.exitcode})")
+            return Outcome(None, "error", f"worker could not start: {error}")
+        if status == "ok":
+            try:
+                status, value = worker.call(payload, deadline)
+            except (EOFError, OSError):
+                worker.kill()
+                return Outcome(None, "error", f"worker process died (exit code {worker.process.returncode})")
         if status == "timeout":
             worker.kill()
-            self._checkin(_Worker(self._ctx, self._initializer))  # warm up the replacement now
+            self._checkin(_Worker(self._initializer))  # warm up the replacement now
             return Outcome(None, "timeout", f"no result within {timeout} s; worker killed")
-        worker.ready = True
         self._checkin(worker)
         return _outcome(status, value)
 
@@ -218,7 +277,7 @@ class DeadlineExecutor:
                 self._idle, self._owner_pid = [], os.getpid()
             if self._idle:
                 return self._idle.pop(0)  # oldest first: a replacement at the end may still be starting
-        return _Worker(self._ctx, self._initializer)
+        return _Worker(self._initializer)
 
     def _checkin(self, worker: _Worker) -> None:
         with self._lock:

@@ -8,6 +8,7 @@ new weights to every engine and runs the sync check (``runtime/weight_sync.py``)
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import replace
 
@@ -62,6 +63,12 @@ def rollout_env(cfg: RunConfig) -> dict[str, str]:
 def _split(n: int, parts: int) -> list[slice]:
     bounds = np.linspace(0, n, parts + 1).round().astype(int)
     return [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:], strict=True) if b > a]
+
+
+def derive_seed(seed: int, worker: int, key: str) -> int:
+    """A 63-bit seed for worker ``worker`` from the run's rollout seed and a call's key."""
+    digest = hashlib.sha256(f"{seed}/{worker}/{key}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
 
 
 def judged_span(completion: str, span: str) -> str:
@@ -206,9 +213,16 @@ class Fleet:
         ]
 
     # ------------------------------------------------------------------ calls
-    def generate(self, prompt_ids: list[np.ndarray], group_size: int, sampling: SamplingSpec) -> Rollouts:
+    def generate(
+        self, prompt_ids: list[np.ndarray], group_size: int, sampling: SamplingSpec, *, seed: str | None = None
+    ) -> Rollouts:
+        """``group_size`` completions per prompt, split over the rollout workers. ``seed``: a key (e.g. the
+        prompt stream's position) from which every worker's generator is re-seeded first, so the samples are a
+        function of (run seed, key, prompts) and not of what the engines sampled before."""
         parts = _split(len(prompt_ids), len(self.rollouts))
         workers = self.rollouts[: len(parts)]
+        if seed is not None:
+            ray.get([w.reseed.remote(derive_seed(self.cfg.rollout.seed, i, seed)) for i, w in enumerate(workers)])
         refs = [w.generate.remote(prompt_ids[s], group_size, sampling) for w, s in zip(workers, parts, strict=True)]
         return Rollouts.concat(ray.get(refs))
 

@@ -33,7 +33,8 @@ class MetricsLogger:
         self.path.write_text("".join(json.dumps(r) + "\n" for r in self.rows))
         from torch.utils.tensorboard import SummaryWriter
 
-        self.tb = SummaryWriter(str(run_dir / "tensorboard"))
+        # On resume, events of the steps after the checkpoint (written before the interruption) are purged.
+        self.tb = SummaryWriter(str(run_dir / "tensorboard"), purge_step=resume_step + 1 if resume_step else None)
         self.gauges, self.timeouts = {}, None
         if ray_metrics:
             from ray.util.metrics import Counter, Gauge

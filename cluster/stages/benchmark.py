@@ -104,7 +104,7 @@ def run_eval(cfg: RunConfig, out: Path | None = None) -> dict:
     fleet = Fleet(cfg, start.base_model, start.base_model, learners=False)
     try:
         k = e.samples
-        sampled = fleet.generate(ids, k, sampled_spec)
+        sampled = fleet.generate(ids, k, sampled_spec, seed=f"eval/{cfg.seed}")
         answers = [ex.answer for ex in examples for _ in range(k)]
         sampled_scores = fleet.score(sampled.texts, answers, reward_info(examples, cfg.data, k))
         greedy = greedy_scores = None

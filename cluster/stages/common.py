@@ -7,6 +7,8 @@ TensorBoard events, ``checkpoints/step-<N>/``, ``plots/`` and ``summary.json``.
 from __future__ import annotations
 
 import json
+import os
+import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -108,6 +110,14 @@ def save_checkpoint(fleet, cfg: RunConfig, step: int, data_position: int, evals:
     }
     path = checkpoint.save(cfg.run_dir, step, fleet.save_checkpoint, state, keep=cfg.keep_checkpoints)
     print(f"checkpoint: {path}", flush=True)
+    fault_after_checkpoint(step)
+
+
+def fault_after_checkpoint(step: int) -> None:
+    """Fault injection for the resume tests: ``R1RAY_KILL_AFTER_CHECKPOINT=<step>`` SIGKILLs this driver right
+    after that step's checkpoint is complete, as a crash or a lost node would."""
+    if os.environ.get("R1RAY_KILL_AFTER_CHECKPOINT") == str(step):
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def write_summary(cfg: RunConfig, evals: list, steps: int, wall_s: float, plots: Path, skipped: int = 0) -> dict:

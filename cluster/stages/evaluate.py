@@ -75,7 +75,7 @@ def mean_or_none(values: np.ndarray) -> float | None:
 
 def evaluate(fleet, prompts: Prompts, cfg: RunConfig, step: int) -> EvalResult:
     n = cfg.data.eval_samples
-    sampled = fleet.generate(prompts.eval_ids, n, sampling_spec(cfg, "eval"))
+    sampled = fleet.generate(prompts.eval_ids, n, sampling_spec(cfg, "eval"), seed=f"eval/{step}")
     answers = [ex.answer for ex in prompts.eval for _ in range(n)]
     sampled_scores = fleet.score(sampled.texts, answers, reward_info(prompts.eval, cfg.data, n))
     greedy = fleet.generate(prompts.eval_ids, 1, sampling_spec(cfg, "greedy"))

@@ -19,11 +19,13 @@ import torch
 from cluster.algo.grpo import GRPOObjective, dynamic_sampling_mask, group_advantages
 from cluster.config import RunConfig
 from cluster.data.prompts import Prompts, reward_info
+from cluster.errors import Stopped
 from cluster.payloads import Behaviour, Rollouts, SampledBatch, Scores, TrainBatch
 from cluster.runtime.metrics import MetricsLogger
 from cluster.stages.common import every, open_run, sampling_spec, save_checkpoint, write_summary
 from cluster.stages.evaluate import EvalResult, evaluate, mean_or_none, thinks
 from cluster.stages.report import plot_run, print_table, progress_line
+from cluster.stages.stopping import STOP
 
 
 def train(cfg: RunConfig, resume: bool = False) -> dict:
@@ -34,6 +36,7 @@ def train(cfg: RunConfig, resume: bool = False) -> dict:
     prompts = Prompts(cfg, start.tokenizer)
     prompts.train.position = start.state["data_position"]
     start_ray(cfg)
+    STOP.install(cfg.cluster.stop_grace_s)
     last, done = start.last_checkpoint, start.state["step"]
     objective = grpo_objective(cfg)
     steps = cfg.grpo.steps * objective.updates
@@ -95,6 +98,11 @@ def rl_loop(fleet, prompts: Prompts, cfg: RunConfig, log: MetricsLogger, evals: 
                 print(f"eval at step {step}: {evals[-1].text()}", flush=True)
             if more and every(cfg.checkpoint_every, step):
                 save_checkpoint(fleet, cfg, step, position, evals)
+            if more and STOP.requested:
+                if not every(cfg.checkpoint_every, step):
+                    save_checkpoint(fleet, cfg, step, position, evals)
+                STOP.done()
+                raise Stopped(f"stopped after step {step} of {cfg.grpo.steps} (SIGTERM)", str(cfg.run_dir))
     finally:
         schedule.close()
     return position
@@ -156,8 +164,10 @@ def collect(fleet, prompts: Prompts, cfg: RunConfig) -> SampledBatch:
     kept: list[SampledGroups] = []  # one group each
     dropped: list[SampledGroups] = []
     for _ in range(cfg.grpo.max_sampling_rounds if cfg.grpo.dynamic_sampling else 1):
+        first = prompts.train.position
         examples = prompts.train.take(want - len(kept))
-        rollouts = fleet.generate(prompts.encode(examples), g, spec)
+        # Samples keyed by the stream position: a resumed run draws what an uninterrupted one drew.
+        rollouts = fleet.generate(prompts.encode(examples), g, spec, seed=f"train/{first}")
         answers = [ex.answer for ex in examples for _ in range(g)]
         scores = fleet.score(rollouts.texts, answers, reward_info(examples, cfg.data, g))
         rounds.append(SampledGroups(rollouts=rollouts, scores=scores, prompts=len(examples)))

@@ -18,10 +18,11 @@ import torch
 from cluster.algo.pairwise import PairwiseObjective, pairwise_metrics
 from cluster.config import RunConfig
 from cluster.data.pairs import Pair, epoch_pair_batches, load_pairs, pair_batch
-from cluster.errors import DataError
+from cluster.errors import DataError, Stopped
 from cluster.runtime.metrics import MetricsLogger
 from cluster.stages import checkpoint
 from cluster.stages.common import every, open_run, write_json
+from cluster.stages.stopping import STOP
 
 
 def split_pairs(cfg: RunConfig, tokenizer) -> tuple[list[Pair], list[Pair]]:
@@ -60,6 +61,7 @@ def run_rm(cfg: RunConfig, resume: bool = False) -> dict:
     plan = [b for epoch in range(cfg.rm.epochs) for b in epoch_pair_batches(len(pairs), size, cfg.seed, epoch)]
     print(f"rm: {len(pairs)} training pairs, {len(held_out)} held out, {len(plan)} steps", flush=True)
     start_ray(cfg)
+    STOP.install(cfg.cluster.stop_grace_s)
     last, done = start.last_checkpoint, start.state["step"]
     model = str(last or start.base_model)
     fleet = Fleet(cfg, model, start.base_model, optimizer_steps=len(plan), rollouts=False, head="reward")
@@ -91,6 +93,11 @@ def run_rm(cfg: RunConfig, resume: bool = False) -> dict:
             )
             if every(cfg.checkpoint_every, step) and step < len(plan):
                 _save(fleet, cfg, step, evals)
+            if STOP.requested and step < len(plan):
+                if not every(cfg.checkpoint_every, step):
+                    _save(fleet, cfg, step, evals)
+                STOP.done()
+                raise Stopped(f"stopped after RM step {step} of {len(plan)} (SIGTERM)", str(cfg.run_dir))
         if evals[-1]["step"] != len(plan):
             evals.append({"step": len(plan), **heldout_metrics(fleet, held_out)})
         final = _save(fleet, cfg, len(plan), evals)

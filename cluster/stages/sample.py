@@ -22,9 +22,10 @@ from cluster.config import RunConfig
 from cluster.data.filters import has_code_fence, has_repetition_loop, longest_paragraph
 from cluster.data.prompts import Prompts, reward_info
 from cluster.data.tasks import Example, read_rows
-from cluster.errors import DataError
+from cluster.errors import DataError, Stopped
 from cluster.payloads import Rollouts, SamplingSpec, Scores
 from cluster.stages.common import open_run, write_json
+from cluster.stages.stopping import STOP
 from rewards.language import consistency_reward
 
 CHUNK_PROMPTS = 64
@@ -126,6 +127,7 @@ def run_sample(cfg: RunConfig, resume: bool = False) -> dict:
     chunks.mkdir(exist_ok=True)
     print(f"sample: {len(examples)} prompts x {s.samples} samples from {cfg.model.path}", flush=True)
     start_ray(cfg)
+    STOP.install(cfg.cluster.stop_grace_s)
     began = time.perf_counter()
     fleet = Fleet(cfg, start.base_model, start.base_model, learners=False)
     try:
@@ -134,13 +136,16 @@ def run_sample(cfg: RunConfig, resume: bool = False) -> dict:
             if done.is_file():
                 continue  # written by an interrupted run of this stage
             part = examples[first : first + CHUNK_PROMPTS]
-            rollouts = fleet.generate(prompts.encode(part), s.samples, spec)
+            rollouts = fleet.generate(prompts.encode(part), s.samples, spec, seed=f"sample/{cfg.seed}/{c}")
             answers = [ex.answer for ex in part for _ in range(s.samples)]
             scores = fleet.score(rollouts.texts, answers, reward_info(part, cfg.data, s.samples))
             kept, counts = select(cfg, part, rollouts, scores, seed=cfg.seed * 100003 + c)
             write_json(done, {"rows": [r | {"source": provenance} for r in kept], "counts": counts})
             total = first + len(part)
             print(f"sample: {total}/{len(examples)} prompts, kept {counts['kept']}/{counts['sampled']}", flush=True)
+            if STOP.requested and total < len(examples):
+                STOP.done()
+                raise Stopped(f"stopped after {total} of {len(examples)} prompts (SIGTERM)", str(cfg.run_dir))
     finally:
         fleet.shutdown()
     rows, counts = [], {}

@@ -15,11 +15,12 @@ import time
 from cluster.algo.sft import SFTObjective
 from cluster.config import RunConfig
 from cluster.data.sft_data import SFTRow, epoch_batches, load_sft_rows, sft_batch
-from cluster.errors import DataError
+from cluster.errors import DataError, Stopped
 from cluster.runtime.metrics import MetricsLogger
 from cluster.stages import checkpoint
 from cluster.stages.common import every, open_run, write_json
 from cluster.stages.evaluate import EvalResult, evaluate
+from cluster.stages.stopping import STOP
 
 
 def split_rows(cfg: RunConfig, tokenizer) -> tuple[list[SFTRow], list[SFTRow], int]:
@@ -63,6 +64,7 @@ def run_sft(cfg: RunConfig, resume: bool = False) -> dict:
     prompts = Prompts(cfg, start.tokenizer) if cfg.sft.generate_eval else None
     print(f"sft: {len(rows)} training rows, {len(held_out)} held out, {len(plan)} steps ({skipped} rows too long)")
     start_ray(cfg)
+    STOP.install(cfg.cluster.stop_grace_s)
     last, done = start.last_checkpoint, start.state["step"]
     fleet = Fleet(
         cfg, str(last or start.base_model), start.base_model, optimizer_steps=len(plan), rollouts=prompts is not None
@@ -100,6 +102,11 @@ def run_sft(cfg: RunConfig, resume: bool = False) -> dict:
             )
             if every(cfg.checkpoint_every, step) and step < len(plan):
                 _save(fleet, cfg, step, state, evals)
+            if STOP.requested and step < len(plan):
+                if not every(cfg.checkpoint_every, step):
+                    _save(fleet, cfg, step, state, evals)
+                STOP.done()
+                raise Stopped(f"stopped after SFT step {step} of {len(plan)} (SIGTERM)", str(cfg.run_dir))
         if state["losses"][-1]["step"] != len(plan):
             state["losses"].append({"step": len(plan), "eval_loss": heldout_loss(fleet, held_out)})
         if prompts is not None and evals[-1].step != len(plan):

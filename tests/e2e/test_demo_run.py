@@ -2,6 +2,7 @@
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -37,12 +38,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _train(out: Path, *extra: str) -> subprocess.CompletedProcess:
+def _train(out: Path, *extra: str, name: str = "e2e", kill_after: int | None = None) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {"RAY_AUTH_MODE": "disabled"}
+    if kill_after is not None:
+        env["R1RAY_KILL_AFTER_CHECKPOINT"] = str(kill_after)
     args = [
         sys.executable, "-m", "cluster", "train",
         "--set", f"output_dir={out}",
-        "--set", "name=e2e",
+        "--set", f"name={name}",
         "--set", "model.builtin_pretrain_steps=20",
         "--set", "data.eval_size=16",
         "--set", "data.eval_samples=2",
@@ -51,29 +54,50 @@ def _train(out: Path, *extra: str) -> subprocess.CompletedProcess:
         "--set", f"cluster.dashboard_port={_free_port()}",
         *extra,
     ]  # fmt: skip
-    proc = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    child = subprocess.Popen(
+        args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    try:
+        stdout, stderr = child.communicate(timeout=900)
+    finally:
+        try:
+            os.killpg(child.pid, signal.SIGKILL)  # whatever of a killed driver's local Ray cluster outlived it
+        except ProcessLookupError:
+            pass
+    proc = subprocess.CompletedProcess(args, child.returncode, stdout, stderr)
+    want = -signal.SIGKILL if kill_after is not None else 0
+    assert proc.returncode == want, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
+    """A 3-step run SIGKILLed right after its step-2 checkpoint, then resumed with ``--resume``."""
     out = tmp_path_factory.mktemp("runs")
-    proc = _train(out, "--set", "grpo.steps=2")
-    return out / "e2e", proc
+    killed = _train(out, "--set", "grpo.steps=3", kill_after=2)
+    assert "checkpoint: " in killed.stdout and "step    2/3 |" in killed.stdout
+    return out / "e2e", _train(out, "--resume", str(out / "e2e"))
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory):
+    """The same 3 steps, uninterrupted."""
+    out = tmp_path_factory.mktemp("straight")
+    _train(out, "--set", "grpo.steps=3", name="straight")
+    return out / "straight"
 
 
 def test_console_shows_dashboard_progress_and_table(run):
     _, proc = run
     assert "Ray dashboard: http://127.0.0.1:" in proc.stdout
-    assert "step    2/2 |" in proc.stdout
+    assert "step    3/3 |" in proc.stdout
     assert "pass@1 (sampled)" in proc.stdout
 
 
 def test_metrics_every_step_with_proven_sync(run):
     run_dir, _ = run
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in rows] == [1, 2]
+    assert [r["step"] for r in rows] == [1, 2, 3]  # each step once, though step 3 may have run twice
     for row in rows:
         assert set(REQUIRED) <= row.keys()
         assert row["rollout/logprob_diff_max"] < 1e-3
@@ -88,7 +112,7 @@ def test_summary_plots_tensorboard_config(run):
         figures = {"accuracy", "greedy_accuracy", "format_rate", "response_length", "long_share", "pass_at_k"}
         assert figures <= summary[key].keys()
         assert 0.0 <= summary[key]["accuracy"] <= 1.0 and summary[key]["response_length"] > 0
-    assert summary["steps"] == 2 and summary["wall_s"] > 0
+    assert summary["steps"] == 3 and summary["wall_s"] > 0
     assert {"curves.png", "reward.png", "accuracy.png", "response_length.png", "long_share.png", "kl.png"} <= {
         p.name for p in (run_dir / "plots").iterdir()
     }
@@ -100,8 +124,8 @@ def test_checkpoint_loads_in_transformers(run):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    ckpt = run[0] / "checkpoints" / "step-2"
-    assert {"model.safetensors", "config.json", "trainer_state.pt", "driver_state.json"} <= {
+    ckpt = run[0] / "checkpoints" / "step-3"
+    assert {"model.safetensors", "config.json", "generation_config.json", "trainer_state.pt", "driver_state.json"} <= {
         p.name for p in ckpt.iterdir()
     }
     model = AutoModelForCausalLM.from_pretrained(ckpt)
@@ -111,15 +135,26 @@ def test_checkpoint_loads_in_transformers(run):
 
 
 def test_resume_continues_from_the_last_checkpoint(run):
-    run_dir, _ = run
-    proc = _train(run_dir.parent, "--resume", str(run_dir), "--set", "grpo.steps=3")
+    run_dir, proc = run
     assert "resumed from" in proc.stdout and "at step 2" in proc.stdout
     # the engines start from the checkpoint's weights: checked on held-out prompts before the first step
     gap = float(proc.stdout.split("weights in sync: engine vs learner logprob gap ")[1].split()[0])
     assert gap < 1e-3
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in rows] == [1, 2, 3]
     assert rows[2]["rollout/logprob_diff_max"] < 1e-3
     assert rows[2]["rollout/policy_version"] == 2, "the engines report the checkpoint's policy version"
     driver_state = json.loads((run_dir / "checkpoints" / "step-3" / "driver_state.json").read_text())
     assert driver_state["data_position"] == 3 * 8
+
+
+def test_resumed_run_matches_an_uninterrupted_one(run, straight):
+    """Engines re-seeded from the prompt stream's position: after a SIGKILL and a resume, step 3 samples the
+    same tokens and takes the same update as a run that was never interrupted."""
+    resumed = [json.loads(line) for line in (run[0] / "metrics.jsonl").read_text().splitlines()]
+    uninterrupted = [json.loads(line) for line in (straight / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in uninterrupted] == [1, 2, 3]
+    for a, b in zip(resumed, uninterrupted, strict=True):
+        for key in ("reward/mean", "response_length/mean", "response_length/max", "reward/format"):
+            assert a[key] == b[key], (a["step"], key)
+        assert a["loss"] == pytest.approx(b["loss"], abs=1e-6), a["step"]
+        assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-5), a["step"]

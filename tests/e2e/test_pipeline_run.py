@@ -104,6 +104,7 @@ def pipeline_run(tmp_path_factory):
             time.sleep(0.2)
         first.send_signal(signal.SIGTERM)  # preemption in the middle of the RL stage
         first_out, _ = first.communicate(timeout=180)
+        assert first.returncode == 0, first_out[-3000:]
     finally:
         if first.poll() is None:
             os.killpg(first.pid, signal.SIGKILL)
@@ -115,6 +116,8 @@ def pipeline_run(tmp_path_factory):
 def test_interrupted_pipeline_skips_finished_stages_and_resumes(pipeline_run):
     root, first, second = pipeline_run
     assert "stage 1-cold_start (sft)" in first
+    # SIGTERM: the step finished, a checkpoint was written, exit 0 with how to resume
+    assert "SIGTERM: finishing this step" in first and "resume with: r1ray pipeline --config" in first
     assert "stage 1-cold_start (sft) is complete, skipped" in second
     assert "stage 2-rl (rl), resumed" in second
     assert "resumed from" in second

@@ -5,6 +5,8 @@ Run: .venv/bin/python -m pytest tests/unit/test_deadline.py
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
 import pickle
 import threading
@@ -40,6 +42,19 @@ def slow_start() -> None:
 
 def broken_start() -> None:
     raise ImportError("no such dependency")
+
+
+def fail_first(claim: str) -> None:
+    """The first worker to claim ``claim`` (a directory) fails to start; the others start."""
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(claim)
+        raise ImportError("no such dependency")
+
+
+def hang_first(claim: str) -> None:
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(claim)
+        sleep_forever()
 
 
 def make_lock() -> threading.Lock:
@@ -145,13 +160,32 @@ def test_warm_up_takes_start_up_out_of_the_first_deadline() -> None:
         assert warm.run(pow, 2, 2, timeout=0.5) == Outcome(4, "ok")
 
 
-def test_warm_up_reports_a_worker_that_cannot_start() -> None:
-    with DeadlineExecutor(initializer=broken_start) as executor, pytest.raises(RuntimeError, match="did not start"):
-        executor.warm_up()
-
-
 def test_startup_outside_the_deadline_gives_a_replacement_worker_its_full_deadline() -> None:
     with DeadlineExecutor(startup_in_deadline=False, initializer=slow_start) as executor:
         assert executor.run(sleep_forever, timeout=0.3).status == "timeout"
         # the replacement needs longer than 0.3 s to start (slow_start); only the call is timed
         assert executor.run(pow, 2, 5, timeout=0.3) == Outcome(32, "ok")
+
+
+def test_warm_up_reports_why_a_worker_cannot_start() -> None:
+    with DeadlineExecutor(initializer=broken_start) as executor:
+        with pytest.raises(RuntimeError, match="did not start: ImportError: no such dependency"):
+            executor.warm_up()
+        assert executor.run(pow, 2, 2, timeout=5.0) == Outcome(
+            None, "error", "worker could not start: ImportError: no such dependency"
+        )
+
+
+@pytest.mark.parametrize(
+    ("initializer", "message"),
+    [(fail_first, "did not start: ImportError: no such dependency"), (hang_first, "did not start within 2.0 s")],
+)
+def test_warm_up_that_fails_leaves_no_worker_behind(tmp_path, initializer: Callable[[str], None], message: str) -> None:
+    psutil = pytest.importorskip("psutil")
+    before = {child.pid for child in psutil.Process().children(recursive=True)}
+    with DeadlineExecutor(initializer=functools.partial(initializer, str(tmp_path / "claim"))) as executor:
+        with pytest.raises(RuntimeError, match=message):
+            executor.warm_up(3, timeout=2.0)
+        assert {child.pid for child in psutil.Process().children(recursive=True)} == before
+        executor.warm_up(2)  # the claim is taken: these start
+        assert len(psutil.Process().children(recursive=True)) == len(before) + 2

@@ -20,7 +20,7 @@ class ScriptedFleet:
     def __init__(self):
         self.generated = 0
 
-    def generate(self, prompt_ids, group_size, sampling):
+    def generate(self, prompt_ids, group_size, sampling, seed=None):
         n = len(prompt_ids) * group_size
         self.generated += len(prompt_ids)
         tokens = np.ones((n, 3), dtype=np.int32)
