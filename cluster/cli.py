@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from cluster.config import load_config
-from cluster.errors import ConfigError, DataError, Stopped
+from cluster.errors import ConfigError, DataError, LearnerLost, RunAborted, Stopped
 
 STAGE_COMMANDS = {
     "train": ("rl", "run GRPO (no arguments: the embedded demo)"),
@@ -157,6 +157,10 @@ def main(argv: list[str] | None = None) -> int:
     except Stopped as stop:
         print(f"r1ray: {stop}; resume with: r1ray {args.command} --resume {stop.resume_hint}", flush=True)
         return 0
+    except (RunAborted, LearnerLost) as err:
+        hint = f"r1ray {args.command} --resume {cfg.run_dir}"
+        print(f"r1ray: error: {err}; the last checkpoint resumes with: {hint}", file=sys.stderr)
+        return 1
     return 0 if summary else 1
 
 

@@ -294,6 +294,9 @@ class ClusterConfig(_Section):
     """Where a locally started dashboard listens; keep loopback unless token auth is on."""
     dashboard_port: int = Field(8265, ge=1, le=65535)
     """Port of a locally started dashboard."""
+    max_restarts: int = Field(3, ge=0)
+    """Actor deaths a run survives (rollout engines and reward scorers are re-created and their calls re-issued;
+    learner ranks are restarted from the last checkpoint); one more stops the run with a clear message."""
     stop_grace_s: float = Field(120.0, gt=0.0)
     """After SIGTERM, how long the current step may take to finish before it is abandoned (a checkpoint is
     written when it finishes in time; the last complete one stays either way)."""

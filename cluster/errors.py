@@ -15,3 +15,11 @@ class Stopped(Exception):
     def __init__(self, message: str, resume_hint: str) -> None:
         super().__init__(message)
         self.resume_hint = resume_hint
+
+
+class RunAborted(RuntimeError):
+    """The run cannot go on (an actor died more often than ``cluster.max_restarts`` allows); one line for the user."""
+
+
+class LearnerLost(RuntimeError):
+    """A learner rank died: its FSDP group cannot go on, the stage restarts it from the last checkpoint."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from dataclasses import replace
 
 import numpy as np
@@ -20,7 +21,9 @@ from actors.rollout import RolloutWorker
 from actors.scorer import RewardScorer
 from cluster.algo.objective import Objective
 from cluster.config import RunConfig
+from cluster.errors import LearnerLost, RunAborted
 from cluster.payloads import LearnerSpec, Rollouts, SamplingSpec, Scores, TrainBatch
+from cluster.runtime.faults import FAULTS
 from cluster.runtime.placement import SCORER_CPUS, Placement, create_placement
 from cluster.runtime.weight_sync import WeightSync, weight_sync_backend
 from rewards.registry import RowInfo
@@ -71,6 +74,18 @@ def derive_seed(seed: int, worker: int, key: str) -> int:
     return int.from_bytes(digest[:8], "little") >> 1
 
 
+def _retry_name(create, attempts: int = 50):
+    """Create a named actor, waiting for a dead one's name to be released."""
+    for attempt in range(attempts):
+        try:
+            return create()
+        except ValueError as err:  # "The name ... is already taken"
+            if "already" not in str(err) or attempt == attempts - 1:
+                raise
+            time.sleep(0.2)
+    raise AssertionError("unreachable")
+
+
 def judged_span(completion: str, span: str) -> str:
     """What a reward model judges: the final ``<answer>`` (else the text after ``</think>``, else all of it),
     or the whole response."""
@@ -109,12 +124,19 @@ class Fleet:
         rollouts: bool = True,
         learners: bool = True,
         head: str = "causal",
+        restarts: dict[str, int] | None = None,
     ) -> None:
         """``reference``: learners load the frozen reference model (objectives with a KL term need it).
         ``rollouts``/``learners``: whether the stage starts rollout engines and learner ranks (``sample`` and
         ``eval`` train nothing; ``sft`` samples only to measure accuracy); weight sync needs both.
         ``head``: what the learners train (``causal`` language model, or ``reward`` model; see LearnerSpec)."""
         self.cfg, self.head = cfg, head
+        self.base_path = base_path
+        self.version = 0
+        """The policy version the engines hold (the last one pushed)."""
+        self.restarts = restarts if restarts is not None else {"rollout": 0, "scorer": 0, "learner": 0}
+        """Actors re-created so far (shared with the stage: ``learner`` counts restarts of a whole fleet)."""
+        self.faults = FAULTS
         self.rollouts, self.scorers, self.learners = [], [], []
         self.reward_models: dict[str, object] = {}
         self.weights: WeightSync | None = None
@@ -132,12 +154,7 @@ class Fleet:
         if rollouts:
             self.rollouts = [self._rollout(i, model_path) for i in range(cfg.rollout.num_workers)]
         scoring = rollouts or not learners  # a stage that samples, or one that only scores
-        self.scorers = [
-            RewardScorer.options(name=f"reward-{i}", num_cpus=SCORER_CPUS).remote(
-                cfg.reward.rule_weights, cfg.reward.timeout_s, think_opened=cfg.data.think_opened, only=cfg.reward.only
-            )
-            for i in range(cfg.reward.num_scorers if scoring else 0)
-        ]
+        self.scorers = [self._scorer(i) for i in range(cfg.reward.num_scorers if scoring else 0)]
         models = cfg.reward.models.items() if scoring else ()
         self.reward_models = {name: self._reward_model(name, spec) for name, spec in models}
         if learners:
@@ -147,6 +164,73 @@ class Fleet:
             tp = max(1, cfg.rollout.gpus_per_worker)
             self.weights = WeightSync(self.learners, self.rollouts, weight_sync_backend(cfg), ranks_per_engine=tp)
             self.weights.connect(*self._rank0_address())
+        self.faults.record(self._named())
+
+    def _named(self) -> dict[str, object]:
+        actors = {f"rollout-{i}": a for i, a in enumerate(self.rollouts)}
+        actors |= {f"reward-{i}": a for i, a in enumerate(self.scorers)}
+        return actors | {f"learner-{i}": a for i, a in enumerate(self.learners)}
+
+    # ------------------------------------------------------------------ supervision
+    def _scorer(self, index: int):
+        cfg = self.cfg
+        return RewardScorer.options(name=f"reward-{index}", num_cpus=SCORER_CPUS).remote(
+            cfg.reward.rule_weights, cfg.reward.timeout_s, think_opened=cfg.data.think_opened, only=cfg.reward.only
+        )
+
+    def _count_restart(self, role: str, name: str, err: Exception) -> None:
+        self.restarts[role] += 1
+        limit = self.cfg.cluster.max_restarts
+        cause = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+        if sum(self.restarts.values()) > limit:
+            raise RunAborted(f"{name} died ({cause}); cluster.max_restarts ({limit}) reached, so the run stops here")
+        print(f"fault: {name} died ({type(err).__name__}); re-creating it ({sum(self.restarts.values())}/{limit})")
+
+    def _restart_rollout(self, index: int, err: Exception) -> None:
+        """Re-create rollout ``index`` under its name and bundle, rebuild the weight-transfer group with every
+        engine (a collective group cannot lose a member) and push the current weights to all of them."""
+        self._count_restart("rollout", f"rollout-{index}", err)
+        ray.kill(self.rollouts[index])
+        self.rollouts[index] = _retry_name(lambda: self._rollout(index, self.base_path))
+        ray.get(self.rollouts[index].ready.remote())
+        if self.weights is not None:
+            self.weights.rollouts = self.rollouts
+            self.weights.connect(*self._rank0_address())
+            self.weights.push(self.version)
+        self.faults.record({f"rollout-{index}": self.rollouts[index]})
+
+    def _restart_scorer(self, index: int, err: Exception) -> None:
+        """Re-create scorer ``index``; its call (a chunk of completions) is then scored again."""
+        self._count_restart("scorer", f"reward-{index}", err)
+        ray.kill(self.scorers[index])
+        self.scorers[index] = _retry_name(lambda: self._scorer(index))
+        self.faults.record({f"reward-{index}": self.scorers[index]})
+
+    def _supervised(self, role: str, actors: list, send, indices: list[int], point: str) -> list:
+        """``send(actor, i)`` for each index; an actor that dies is re-created and its call re-issued (the same
+        call with the same seed: the re-issued prompts sample what the lost ones would have)."""
+        refs = {i: send(actors[i], i) for i in indices}
+        self.faults.at(point)
+        results = {}
+        for i in indices:
+            while i not in results:
+                try:
+                    results[i] = ray.get(refs[i])
+                except ray.exceptions.RayActorError as err:
+                    (self._restart_rollout if role == "rollout" else self._restart_scorer)(i, err)
+                    refs[i] = send(actors[i], i)
+        return [results[i] for i in indices]
+
+    def check_rollouts(self) -> None:
+        """Re-create any rollout engine that died between calls (before a weight push needs all of them)."""
+        for i, worker in enumerate(self.rollouts):
+            try:
+                ray.get(worker.ready.remote(), timeout=60)
+            except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError) as err:
+                self._restart_rollout(i, err)
+
+    def fault_metrics(self) -> dict[str, int]:
+        return {f"faults/{role}_restarts": n for role, n in self.restarts.items()}
 
     def _rank0_address(self) -> tuple[str, int]:
         """A free port on learner rank 0's node: rendezvous of its process groups."""
@@ -222,20 +306,23 @@ class Fleet:
         parts = _split(len(prompt_ids), len(self.rollouts))
         workers = self.rollouts[: len(parts)]
         seeds = [None if seed is None else derive_seed(self.cfg.rollout.seed, i, seed) for i in range(len(parts))]
-        refs = [
-            w.generate.remote(prompt_ids[s], group_size, sampling, k)
-            for w, s, k in zip(workers, parts, seeds, strict=True)
-        ]
-        return Rollouts.concat(ray.get(refs))
+
+        def send(worker, i):
+            return worker.generate.remote(prompt_ids[parts[i]], group_size, sampling, seeds[i])
+
+        return Rollouts.concat(self._supervised("rollout", self.rollouts, send, list(range(len(workers))), "generate"))
 
     def score(self, texts: list[str], answers: list[str], info: list[RowInfo] | None = None) -> Scores:
         """Rewards of ``texts`` against ``answers``; ``info``: each row's target language and task."""
         parts = _split(len(texts), len(self.scorers))
         scorers = self.scorers[: len(parts)]
         info = info or [RowInfo()] * len(texts)
-        refs = [s.score.remote(texts[p], answers[p], info[p]) for s, p in zip(scorers, parts, strict=True)]
         model_refs = {name: self._model_scores(name, texts, info) for name in self.reward_models}
-        scores = Scores.concat(ray.get(refs))
+
+        def send(scorer, i):
+            return scorer.score.remote(texts[parts[i]], answers[parts[i]], info[parts[i]])
+
+        scores = Scores.concat(self._supervised("scorer", self.scorers, send, list(range(len(scorers))), "score"))
         return add_model_rewards(self.cfg, scores, {name: ray.get(ref) for name, ref in model_refs.items()}, info)
 
     def _model_scores(self, name: str, texts: list[str], info: list[RowInfo]):
@@ -246,13 +333,33 @@ class Fleet:
 
     def train(self, batch: TrainBatch, objective: Objective) -> dict[str, float]:
         ref = ray.put(batch)
-        return ray.get([learner.train_step.remote(ref, objective) for learner in self.learners])[0]
+        calls = [learner.train_step.remote(ref, objective) for learner in self.learners]
+        self.faults.at("train")
+        return self._learner_results(calls)[0]
+
+    def _learner_results(self, calls: list) -> list:
+        """The learner ranks' results; a dead rank is ``LearnerLost`` (its group cannot go on without it)."""
+        pending = list(calls)
+        while pending:  # as they finish: the survivors of a dead rank would wait for it in a collective
+            done, pending = ray.wait(pending, num_returns=1)
+            try:
+                ray.get(done)
+            except ray.exceptions.RayActorError as err:
+                raise LearnerLost(f"a learner rank died ({type(err).__name__})") from err
+        return ray.get(calls)
 
     def sync_weights(self, version: int, probe: TrainBatch) -> dict[str, float]:
         """Push the learner's weights to every engine, then prove it on ``probe``'s first rows."""
         if self.weights is None:
             raise RuntimeError("this fleet has no rollout engines or no learners: there is nothing to sync")
-        return self.weights.push(version) | self.weights.check(probe)
+        self.faults.at("sync")
+        self.check_rollouts()
+        try:
+            pushed = self.weights.push(version)
+        except ray.exceptions.RayActorError as err:
+            raise LearnerLost(f"a learner rank or engine died during the weight push ({type(err).__name__})") from err
+        self.version = version
+        return pushed | self.weights.check(probe)
 
     def rewards(self, batch: TrainBatch) -> np.ndarray:
         """A reward-model fleet's (``head="reward"``) reward per row of ``batch`` (B,); every rank joins the forward."""
@@ -275,3 +382,12 @@ class Fleet:
         for actor in [*self.rollouts, *self.scorers, *self.learners, *getattr(self, "reward_models", {}).values()]:
             ray.kill(actor)
         self.placement.remove()
+        # A fleet started next (a restart, the next stage) reuses the names: wait until they are released.
+        deadline = time.monotonic() + 30
+        for name in self._named():
+            while time.monotonic() < deadline:
+                try:
+                    ray.get_actor(name)
+                except ValueError:
+                    break
+                time.sleep(0.1)

@@ -19,9 +19,10 @@ import torch
 from cluster.algo.grpo import GRPOObjective, dynamic_sampling_mask, group_advantages
 from cluster.config import RunConfig
 from cluster.data.prompts import Prompts, reward_info
-from cluster.errors import Stopped
+from cluster.errors import LearnerLost, RunAborted, Stopped
 from cluster.payloads import Behaviour, Rollouts, SampledBatch, Scores, TrainBatch
 from cluster.runtime.metrics import MetricsLogger
+from cluster.stages import checkpoint
 from cluster.stages.common import every, open_run, sampling_spec, save_checkpoint, write_summary
 from cluster.stages.evaluate import EvalResult, evaluate, mean_or_none, thinks
 from cluster.stages.report import plot_run, print_table, progress_line
@@ -29,19 +30,40 @@ from cluster.stages.stopping import STOP
 
 
 def train(cfg: RunConfig, resume: bool = False) -> dict:
-    from cluster.runtime.fleet import Fleet
     from cluster.runtime.ray_cluster import start_ray
 
     start = open_run(cfg, resume)
     prompts = Prompts(cfg, start.tokenizer)
-    prompts.train.position = start.state["data_position"]
     start_ray(cfg)
     STOP.install(cfg.cluster.stop_grace_s)
+    restarts = {"rollout": 0, "scorer": 0, "learner": 0}
+    while True:
+        prompts.train.position = start.state["data_position"]
+        try:
+            return _train(cfg, start, prompts, restarts)
+        except LearnerLost as lost:
+            # An FSDP group cannot lose a rank: every actor is re-created from the last complete checkpoint,
+            # and the run goes on from there exactly as it would have (the engines are re-seeded per step).
+            restarts["learner"] += 1
+            last = checkpoint.latest(cfg.run_dir)
+            if sum(restarts.values()) > cfg.cluster.max_restarts:
+                raise RunAborted(f"{lost}; cluster.max_restarts ({cfg.cluster.max_restarts}) reached") from lost
+            state = checkpoint.load_driver_state(last) if last else {"step": 0, "data_position": 0, "evals": []}
+            where = f"the checkpoint of step {state['step']}" if last else "the start"
+            count = f"{sum(restarts.values())}/{cfg.cluster.max_restarts}"
+            print(f"fault: {lost}; restarting the run's actors from {where} ({count})", flush=True)
+            start = replace(start, last_checkpoint=last, state=state)
+
+
+def _train(cfg: RunConfig, start, prompts: Prompts, restarts: dict[str, int]) -> dict:
+    from cluster.runtime.fleet import Fleet
+
     last, done = start.last_checkpoint, start.state["step"]
     objective = grpo_objective(cfg)
     steps = cfg.grpo.steps * objective.updates
+    model = str(last or start.base_model)
     fleet = Fleet(
-        cfg, str(last or start.base_model), start.base_model, optimizer_steps=steps, reference=objective.uses_reference
+        cfg, model, start.base_model, optimizer_steps=steps, reference=objective.uses_reference, restarts=restarts
     )
     try:
         if last:
@@ -50,7 +72,7 @@ def train(cfg: RunConfig, resume: bool = False) -> dict:
         # Engines and learner start from the same weights (the base or the checkpoint): prove it on held-out prompts.
         gap = fleet.sync_weights(done, probe=prompts.probe_batch())
         print(f"weights in sync: engine vs learner logprob gap {gap['rollout/logprob_diff_max']:.1e}", flush=True)
-        log = MetricsLogger(cfg.run_dir, cfg.name, resume_step=start.state["step"])
+        log = MetricsLogger(cfg.run_dir, cfg.name, resume_step=done)
         evals = [EvalResult.from_dict(e) for e in start.state["evals"]]
         if not evals:
             evals.append(evaluate(fleet, prompts, cfg, step=0))
@@ -79,7 +101,13 @@ def rl_loop(fleet, prompts: Prompts, cfg: RunConfig, log: MetricsLogger, evals: 
         for step in range(first_step, cfg.grpo.steps + 1):
             started = time.perf_counter()
             more = step < cfg.grpo.steps
-            sampled = schedule.batch(prefetch=more)
+            try:
+                sampled = schedule.batch(prefetch=more)
+            except RunAborted:
+                # Too many dead actors: the learner still holds the last step's update, keep it.
+                if step > first_step and not every(cfg.checkpoint_every, step - 1):
+                    save_checkpoint(fleet, cfg, step - 1, position, evals)
+                raise
             position = sampled.data_position
             g = cfg.grpo.group_size
             advantages = group_advantages(torch.as_tensor(sampled.scores.total), g, scale=cfg.grpo.scale_advantages)
@@ -90,6 +118,7 @@ def rl_loop(fleet, prompts: Prompts, cfg: RunConfig, log: MetricsLogger, evals: 
             schedule.settle()  # the engines finish sampling before they take new weights
             sync = fleet.sync_weights(step, probe=batch)
             row = step_metrics(step, cfg, sampled, train=train_metrics, sync=sync, train_s=train_s, started=started)
+            row |= fleet.fault_metrics()
             log.log(row)
             print(progress_line(row, cfg.grpo.steps), flush=True)
             report_reward_failures(sampled.scores)

@@ -38,8 +38,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _train(out: Path, *extra: str, name: str = "e2e", kill_after: int | None = None) -> subprocess.CompletedProcess:
+def _train(
+    out: Path, *extra: str, name: str = "e2e", kill_after: int | None = None, faults: str = "", rc: int = 0
+) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {"RAY_AUTH_MODE": "disabled"}
+    if faults:
+        env["R1RAY_FAULTS"] = faults
     if kill_after is not None:
         env["R1RAY_KILL_AFTER_CHECKPOINT"] = str(kill_after)
     args = [
@@ -65,7 +69,7 @@ def _train(out: Path, *extra: str, name: str = "e2e", kill_after: int | None = N
         except ProcessLookupError:
             pass
     proc = subprocess.CompletedProcess(args, child.returncode, stdout, stderr)
-    want = -signal.SIGKILL if kill_after is not None else 0
+    want = -signal.SIGKILL if kill_after is not None else rc
     assert proc.returncode == want, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
 
@@ -158,3 +162,43 @@ def test_resumed_run_matches_an_uninterrupted_one(run, straight):
             assert a[key] == b[key], (a["step"], key)
         assert a["loss"] == pytest.approx(b["loss"], abs=1e-6), a["step"]
         assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-5), a["step"]
+
+
+# rollout-0 dies in the middle of step 2's generate and again between steps 2 and 3 (before the weight push),
+# reward-0 after step 2's scoring (found dead by step 3's), learner-0 in the middle of step 3's update.
+FAULTS = "rollout-0@generate:4,rollout-0@sync:3,reward-0@score:4,learner-0@train:3"
+
+
+@pytest.fixture(scope="module")
+def faulty(tmp_path_factory):
+    out = tmp_path_factory.mktemp("faulty")
+    proc = _train(out, "--set", "grpo.steps=3", "--set", "cluster.max_restarts=4", name="faulty", faults=FAULTS)
+    return out / "faulty", proc
+
+
+def test_the_run_survives_dead_actors_and_takes_the_same_steps(faulty, straight):
+    """Engines and scorers are re-created and their calls re-issued; a dead learner restarts the actors from
+    the last checkpoint. Every step is logged once, and (re-seeded engines) the run equals an undisturbed one."""
+    run_dir, proc = faulty
+    out = proc.stdout
+    assert out.count("fault: rollout-0 died") == 2 and out.count("fault: reward-0 died") == 1
+    assert "restarting the run's actors from the checkpoint of step 2" in out
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    assert (rows[-1]["faults/rollout_restarts"], rows[-1]["faults/scorer_restarts"]) == (2, 1)
+    assert rows[-1]["faults/learner_restarts"] == 1
+    assert all(r["rollout/logprob_diff_max"] < 1e-3 for r in rows)  # the re-created engine got the weights
+    uninterrupted = [json.loads(line) for line in (straight / "metrics.jsonl").read_text().splitlines()]
+    for a, b in zip(rows, uninterrupted, strict=True):
+        for key in ("reward/mean", "response_length/mean", "response_length/max"):
+            assert a[key] == b[key], (a["step"], key)
+        assert a["loss"] == pytest.approx(b["loss"], abs=1e-6), a["step"]
+
+
+def test_past_max_restarts_the_run_stops_with_one_line(tmp_path):
+    proc = _train(
+        tmp_path, "--set", "grpo.steps=3", "--set", "cluster.max_restarts=0", faults="rollout-0@generate:3", rc=1
+    )
+    assert "r1ray: error: rollout-0 died" in proc.stderr + proc.stdout
+    assert "cluster.max_restarts (0) reached" in proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr
