@@ -236,12 +236,32 @@ class LearnerRank:
         ref: torch.Tensor | None,
         objective: Objective,
     ) -> dict[str, float]:
-        mini = shard.select(rows)
+        sums, weights, maxes = self._backward(shard.select(rows), rows, old, ref, objective)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+        grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        # Already global, the same on every rank: a weight of 1 per rank makes its mean itself.
+        sums["grad_norm"], weights["grad_norm"] = float(grad_norm), 1.0
+        return _reduce(sums, weights, maxes)
+
+    def _backward(
+        self,
+        mini: TrainBatch,
+        rows: slice,
+        old: torch.Tensor | None,
+        ref: torch.Tensor | None,
+        objective: Objective,
+    ) -> tuple[dict[str, float], dict[str, float], dict[str, float]]:
+        """Forward and backward of one mini-batch, micro-batch by micro-batch, each scaled so that the summed
+        gradient over micro-batches and ranks is the gradient of the objective's loss on the whole global
+        mini-batch. Returns the metrics' weighted sums, their weights and the maxima."""
         token_total = torch.tensor(float(mini.response_lens.sum()))
         dist.all_reduce(token_total)
-        sums: dict[str, float] = {}  # weighted by the objective's weighting (tokens or sequences)
+        sums: dict[str, float] = {}
+        weights: dict[str, float] = {}
         maxes: dict[str, float] = {}
-        weight = 0.0
         # Whole groups per micro-batch: a pair's loss needs both of its rows.
         step = max(objective.group_rows, self.cfg.micro_batch_size // objective.group_rows * objective.group_rows)
         for i in range(0, len(mini), step):
@@ -249,20 +269,35 @@ class LearnerRank:
             inputs, own = self._loss_inputs(micro, (rows, slice(i, i + step)), old, ref, objective)
             loss, m = objective.loss(inputs)
             (loss * self._loss_scale(micro, mini, token_total, objective)).backward()
-            w = float(micro.response_lens.sum()) if objective.token_weighted else float(len(micro))
-            weight += w
+            tokens = float(micro.response_lens.sum())
+            w = tokens if objective.token_weighted else float(len(micro))
             for key, value in (m | own).items():
                 if _is_max(key):
                     maxes[key] = max(maxes.get(key, value), value)
-                else:
-                    sums[key] = sums.get(key, 0.0) + value * w
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
-        grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
-        self.optimizer.step()
-        self.scheduler.step()
+                    continue
+                # Per-token figures (KL, clip fraction, entropy) are means over every token, whatever the loss.
+                kw = tokens if key in objective.token_metrics or key in LEARNER_TOKEN_METRICS else w
+                sums[key] = sums.get(key, 0.0) + value * kw
+                weights[key] = weights.get(key, 0.0) + kw
+        return sums, weights, maxes
+
+    def gradients(self, batch: TrainBatch, objective: Objective) -> dict[str, np.ndarray]:
+        """The gradient of ``objective``'s loss on the whole ``batch`` as this learner computes it for one
+        update (its micro-batches, its ranks, before clipping), as full tensors; nothing is applied. For checks
+        against an independent computation; every rank must join."""
+        shard = self._shard(batch, 1)
+        old = self._old_logprobs(shard, objective)
+        ref = None
+        if objective.uses_reference:
+            ref = torch.as_tensor(self.compute_logprobs(shard, temperature=objective.temperature, reference=True))
         self.optimizer.zero_grad(set_to_none=True)
-        sums["grad_norm"] = float(grad_norm) * weight  # already global, the same on every rank: its mean is itself
-        return _reduce(sums, weight, maxes)
+        self._backward(shard, slice(0, len(shard)), old, ref, objective)
+        grads = {}
+        for name, param in self.model.named_parameters():
+            grad = param.grad.full_tensor() if hasattr(param.grad, "full_tensor") else param.grad
+            grads[name] = grad.detach().float().cpu().numpy()
+        self.optimizer.zero_grad(set_to_none=True)
+        return grads
 
     def _loss_inputs(
         self,
@@ -399,16 +434,21 @@ def _is_max(key: str) -> bool:
     return key.endswith("_max")
 
 
-def _reduce(sums: dict[str, float], weight: float, maxes: dict[str, float]) -> dict[str, float]:
+def _reduce(sums: dict[str, float], weights: dict[str, float], maxes: dict[str, float]) -> dict[str, float]:
     """Weighted means over every rank's micro-batches (one all-reduce) and maxima (another)."""
     keys = sorted(sums)
-    totals = torch.tensor([sums[k] for k in keys] + [weight], dtype=torch.float64)
+    totals = torch.tensor([sums[k] for k in keys] + [weights[k] for k in keys], dtype=torch.float64)
     dist.all_reduce(totals)
-    out = {k: (totals[i] / max(totals[-1].item(), 1e-12)).item() for i, k in enumerate(keys)}
+    n = len(keys)
+    out = {k: (totals[i] / max(totals[n + i].item(), 1e-12)).item() for i, k in enumerate(keys)}
     top = sorted(maxes)
     peaks = torch.tensor([maxes[k] for k in top], dtype=torch.float64)
     dist.all_reduce(peaks, op=dist.ReduceOp.MAX)
     return out | {k: peaks[i].item() for i, k in enumerate(top)}
+
+
+LEARNER_TOKEN_METRICS = frozenset({"entropy"})
+"""The learner's own per-token metrics."""
 
 
 PolicyLearner = ray.remote(LearnerRank)

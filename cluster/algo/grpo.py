@@ -223,6 +223,10 @@ class GRPOObjective(Objective):
     def token_weighted(self) -> bool:
         return self.loss_agg == "token-mean"
 
+    @property
+    def token_metrics(self) -> frozenset[str]:
+        return frozenset({"kl", "kl_capped_frac", "clip_frac", "dual_clip_frac", "ratio_mean"})
+
     def loss(self, inputs: LossInputs) -> tuple[Tensor, dict[str, float]]:
         lp = inputs.logprobs
         return policy_loss(

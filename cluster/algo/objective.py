@@ -83,6 +83,11 @@ class Objective(ABC):
         return False
 
     @property
+    def token_metrics(self) -> frozenset[str]:
+        """Metrics that are means over tokens (combined weighted by tokens whatever the loss's weighting)."""
+        return frozenset()
+
+    @property
     def token_weighted(self) -> bool:
         """Micro-batches (and ranks) combine weighted by tokens (True) or by sequences (False)."""
         return True

@@ -75,18 +75,24 @@ def _train(
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
+def runs(tmp_path_factory) -> Path:
+    """One output folder for the module's runs, so the builtin base model is pre-trained once."""
+    return tmp_path_factory.mktemp("runs")
+
+
+@pytest.fixture(scope="module")
+def run(runs):
     """A 3-step run SIGKILLed right after its step-2 checkpoint, then resumed with ``--resume``."""
-    out = tmp_path_factory.mktemp("runs")
+    out = runs
     killed = _train(out, "--set", "grpo.steps=3", kill_after=2)
     assert "checkpoint: " in killed.stdout and "step    2/3 |" in killed.stdout
     return out / "e2e", _train(out, "--resume", str(out / "e2e"))
 
 
 @pytest.fixture(scope="module")
-def straight(tmp_path_factory):
+def straight(runs):
     """The same 3 steps, uninterrupted."""
-    out = tmp_path_factory.mktemp("straight")
+    out = runs
     _train(out, "--set", "grpo.steps=3", name="straight")
     return out / "straight"
 
@@ -170,8 +176,8 @@ FAULTS = "rollout-0@generate:4,rollout-0@sync:3,reward-0@score:4,learner-0@train
 
 
 @pytest.fixture(scope="module")
-def faulty(tmp_path_factory):
-    out = tmp_path_factory.mktemp("faulty")
+def faulty(runs):
+    out = runs
     proc = _train(out, "--set", "grpo.steps=3", "--set", "cluster.max_restarts=4", name="faulty", faults=FAULTS)
     return out / "faulty", proc
 
@@ -195,9 +201,16 @@ def test_the_run_survives_dead_actors_and_takes_the_same_steps(faulty, straight)
         assert a["loss"] == pytest.approx(b["loss"], abs=1e-6), a["step"]
 
 
-def test_past_max_restarts_the_run_stops_with_one_line(tmp_path):
+def test_past_max_restarts_the_run_stops_with_one_line(runs):
     proc = _train(
-        tmp_path, "--set", "grpo.steps=3", "--set", "cluster.max_restarts=0", faults="rollout-0@generate:3", rc=1
+        runs,
+        "--set",
+        "grpo.steps=3",
+        "--set",
+        "cluster.max_restarts=0",
+        faults="rollout-0@generate:3",
+        rc=1,
+        name="abort",
     )
     assert "r1ray: error: rollout-0 died" in proc.stderr + proc.stdout
     assert "cluster.max_restarts (0) reached" in proc.stdout + proc.stderr

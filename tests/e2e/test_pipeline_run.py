@@ -62,7 +62,9 @@ def _pipeline(tmp: Path) -> Path:
                 "kind": "rl",
                 "model": {"from": "cold_start"},
                 "checkpoint_every": 1,
-                "grpo": {"steps": 6, "prompts_per_step": 8, "group_size": 4},
+                # One step off-policy: the next batch samples while the learner trains (engine logprobs as
+                # the behaviour policy), here across a SIGTERM and a resume.
+                "grpo": {"steps": 6, "prompts_per_step": 8, "group_size": 4, "async_rollouts": True},
             },
             {
                 "name": "rejection",
@@ -137,10 +139,16 @@ def test_sft_stage_lowers_held_out_loss(pipeline_run):
     assert rl["model"]["path"] == stage["output"]
 
 
-def test_rl_stage_ran_all_steps(pipeline_run):
-    root, _, _ = pipeline_run
+def test_rl_stage_ran_all_steps_one_step_off_policy(pipeline_run):
+    root, _, second = pipeline_run
     rows = [json.loads(line) for line in (root / "2-rl" / "metrics.jsonl").read_text().splitlines()]
-    assert sorted({r["step"] for r in rows}) == list(range(1, 7))
+    assert [r["step"] for r in rows] == list(range(1, 7))
+    resumed_at = int(second.split("resumed from ")[1].split(" at step ")[1].split()[0])
+    for row in rows:
+        # the first step of a run (and of a resume) samples with the newest weights; later ones one step behind
+        fresh = row["step"] in (1, resumed_at + 1)
+        assert row["rollout/staleness"] == (0 if fresh else 1), row["step"]
+        assert row["rollout/logprob_diff_max"] < 1e-3
 
 
 def test_sample_stage_writes_rows_with_provenance_and_yield(pipeline_run):

@@ -86,3 +86,80 @@ def test_world_size_two_matches_one(ray_cluster, tied_model, tmp_path, objective
     assert one["grad_norm"] == pytest.approx(two["grad_norm"], rel=1e-4)
     if objective.mini_batches == 1:
         assert one["loss"] == pytest.approx(two["loss"], abs=1e-6)
+
+
+# ---------------------------------------------------------------- the gradient against an independent one
+def _full_batch_gradient(model_path, batch: TrainBatch, objective) -> dict[str, np.ndarray]:
+    """The objective's loss on the whole batch in one plain forward (no FSDP, no micro-batches), row by row
+    for the response tokens, and its gradient: what every learner layout must reproduce."""
+    from transformers import AutoModelForCausalLM
+
+    from cluster.algo.logprobs import token_logprobs
+    from cluster.algo.objective import LossInputs
+
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+    width = batch.max_response_len
+    lps, masks = [], []
+    for ids, p, r in zip(batch.input_ids, batch.prompt_lens, batch.response_lens, strict=True):
+        seq = torch.tensor(ids[: p + r])[None]
+        logits = model(input_ids=seq).logits[0, p - 1 : p + r - 1]  # position t predicts token t + 1
+        lp = token_logprobs(logits[None], seq[:, p : p + r], objective.temperature)[0]
+        lps.append(torch.nn.functional.pad(lp, (0, width - r)))
+        masks.append((torch.arange(width) < r).float())
+    inputs = LossInputs(
+        logprobs=torch.stack(lps), mask=torch.stack(masks), advantages=torch.as_tensor(batch.advantages)
+    )
+    loss, _ = objective.loss(inputs)
+    loss.backward()
+    return {name: p.grad.numpy() for name, p in model.named_parameters()}
+
+
+def _learner_gradients(model_path, world: int, micro: int, batch: TrainBatch, objectives) -> list[dict]:
+    cfg = LearnerConfig(world_size=world, micro_batch_size=micro)
+    port = _free_port()
+    specs = [
+        LearnerSpec(
+            rank=rank,
+            world_size=world,
+            master_addr="127.0.0.1",
+            master_port=port,
+            model_path=str(model_path),
+            base_path=str(model_path),
+            config=cfg,
+            optimizer_steps=1,
+            reference=False,
+        )
+        for rank in range(world)
+    ]
+    ranks = [PolicyLearner.options(num_cpus=1).remote(spec) for spec in specs]
+    try:
+        ref = ray.put(batch)
+        return [ray.get([r.gradients.remote(ref, objective) for r in ranks])[0] for objective in objectives]
+    finally:
+        for r in ranks:
+            ray.kill(r)
+
+
+OBJECTIVES = [
+    GRPOObjective(kl_coef=0.0, loss_agg="seq-mean-token-mean"),
+    GRPOObjective(kl_coef=0.0, loss_agg="token-mean"),
+    SFTObjective(),
+]
+
+
+@pytest.mark.parametrize(("world", "micro"), [(1, 8), (1, 3), (1, 1), (2, 2)])
+def test_gradient_equals_the_full_batch_gradient_in_every_layout(ray_cluster, tied_model, world, micro):
+    """Micro-batches of 8, 3 and 1 rows on one rank, and 2 ranks with micro-batches of 2, for GRPO's two
+    weightings and SFT: the gradient is the full-batch gradient, so a scale error (a factor of the world size,
+    of the micro-batch count, a token count taken per micro-batch) shows up at once, unlike in the weights
+    after one Adam step."""
+    batch = _batch(rows=8, seed=3)
+    got = _learner_gradients(tied_model, world, micro, batch, OBJECTIVES)
+    for objective, grads in zip(OBJECTIVES, got, strict=True):
+        want = _full_batch_gradient(tied_model, batch, objective)
+        scale = max(np.abs(g).max() for g in want.values())
+        assert grads.keys() == want.keys()
+        for name in want:
+            np.testing.assert_allclose(
+                grads[name], want[name], atol=1e-5 * scale, rtol=1e-4, err_msg=f"{objective}: {name}"
+            )
