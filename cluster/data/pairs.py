@@ -72,16 +72,13 @@ def load_pairs(path: str, cfg: RunConfig, tokenizer) -> list[Pair]:
 
 def _fit(cfg: RunConfig, where: str, prompt: list[int], chosen: list[int], rejected: list[int]) -> dict | None:
     """The pair's token lists within the model's lengths per ``data.overlong``; None when it is left out."""
+    from cluster.data.prompts import overlong_action
+
     max_prompt, max_response = cfg.model.max_prompt_len, cfg.model.max_response_len
-    if len(prompt) <= max_prompt and max(len(chosen), len(rejected)) <= max_response:
+    action = overlong_action(cfg, where, len(prompt), max(len(chosen), len(rejected)))
+    if action == "fits":
         return {"prompt_ids": prompt, "chosen_ids": chosen, "rejected_ids": rejected}
-    if cfg.data.overlong == "error":
-        raise DataError(
-            f"{where}: {len(prompt)} prompt + {max(len(chosen), len(rejected))} response tokens exceed "
-            f"model.max_prompt_len={max_prompt} / max_response_len={max_response}; "
-            "raise them or set data.overlong: skip | truncate"
-        )
-    if cfg.data.overlong == "skip":
+    if action == "skip":
         return None
     return {
         "prompt_ids": prompt[-max_prompt:],  # the end holds the question and the assistant's turn

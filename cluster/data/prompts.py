@@ -31,6 +31,20 @@ def reward_info(examples: list[Example], data: DataConfig, repeat: int = 1) -> l
     return [row for row in info for _ in range(repeat)]
 
 
+def overlong_action(cfg: RunConfig, where: str, prompt_len: int, response_len: int) -> str:
+    """What to do with a training row of these lengths: ``fits``, ``skip`` or ``truncate`` (``data.overlong``);
+    with ``data.overlong: error`` a row that does not fit is a ``DataError`` naming it."""
+    max_prompt, max_response = cfg.model.max_prompt_len, cfg.model.max_response_len
+    if prompt_len <= max_prompt and response_len <= max_response:
+        return "fits"
+    if cfg.data.overlong == "error":
+        raise DataError(
+            f"{where}: {prompt_len} prompt + {response_len} response tokens exceed model.max_prompt_len={max_prompt}"
+            f" / max_response_len={max_response}; raise them or set data.overlong: skip | truncate"
+        )
+    return cfg.data.overlong
+
+
 class PromptFormat:
     """How a question becomes the prompt the model sees: ``data.template`` around it (or the tokenizer's
     chat template, with ``template: chat``), then tokens."""

@@ -35,7 +35,7 @@ class SFTRow:
 
 def load_sft_rows(path: str, cfg: RunConfig, tokenizer) -> tuple[list[SFTRow], int]:
     """The file's rows, tokenized; and how many were left out for length (``data.overlong: skip``)."""
-    from cluster.data.prompts import PromptFormat
+    from cluster.data.prompts import PromptFormat, overlong_action
 
     fmt = PromptFormat(cfg, tokenizer)
     s = cfg.sft
@@ -56,18 +56,12 @@ def load_sft_rows(path: str, cfg: RunConfig, tokenizer) -> tuple[list[SFTRow], i
                     raise DataError(f"{where}: {key!r} must be non-empty text, got {value!r:.60}")
             prompt_ids = fmt.ids(prompt)
         response_ids = [*tokenizer(response, add_special_tokens=False)["input_ids"], tokenizer.eos_token_id]
-        fits = len(prompt_ids) <= cfg.model.max_prompt_len and len(response_ids) <= cfg.model.max_response_len
-        if not fits:
-            if cfg.data.overlong == "error":
-                raise DataError(
-                    f"{where}: {len(prompt_ids)} prompt + {len(response_ids)} response tokens exceed "
-                    f"model.max_prompt_len={cfg.model.max_prompt_len} / max_response_len={cfg.model.max_response_len}; "
-                    "raise them or set data.overlong: skip | truncate"
-                )
-            if cfg.data.overlong == "skip":
-                skipped += 1
-                continue
-            prompt_ids = prompt_ids[-cfg.model.max_prompt_len :]
+        action = overlong_action(cfg, where, len(prompt_ids), len(response_ids))
+        if action == "skip":
+            skipped += 1
+            continue
+        if action == "truncate":
+            prompt_ids = prompt_ids[-cfg.model.max_prompt_len :]  # the end holds the question and the turn
             response_ids = response_ids[: cfg.model.max_response_len]
         rows.append(
             SFTRow(prompt_ids=np.asarray(prompt_ids, np.int64), response_ids=np.asarray(response_ids, np.int64))

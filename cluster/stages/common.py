@@ -141,3 +141,20 @@ def write_json(path: Path, data: dict) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(data, indent=1))
     tmp.replace(path)
+
+
+def hold_out(rows: list, held_out: list | None, eval_size: int) -> tuple[list, list]:
+    """Training and held-out rows: ``held_out`` when a file gave them, else the tail of ``rows`` (``eval_size``
+    rows, at most a tenth of them)."""
+    if held_out is not None:
+        return rows, held_out
+    cut = max(1, min(eval_size, len(rows) // 10))
+    return rows[:-cut], rows[-cut:]
+
+
+def check_batches(section: str, what: str, count: int, batch_size: int, world_size: int) -> None:
+    """Enough rows for one batch, and batches that split over the learner ranks."""
+    if count < batch_size:
+        raise DataError(f"{section}.train: {count} training {what}, fewer than {section}.batch_size={batch_size}")
+    if batch_size % world_size:
+        raise DataError(f"{section}.batch_size ({batch_size}) must be divisible by learner.world_size")

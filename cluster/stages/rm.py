@@ -21,7 +21,7 @@ from cluster.data.pairs import Pair, epoch_pair_batches, load_pairs, pair_batch
 from cluster.errors import DataError, Stopped
 from cluster.runtime.metrics import MetricsLogger
 from cluster.stages import checkpoint
-from cluster.stages.common import every, open_run, write_json
+from cluster.stages.common import check_batches, every, hold_out, open_run, write_json
 from cluster.stages.stopping import STOP
 
 
@@ -32,15 +32,8 @@ def split_pairs(cfg: RunConfig, tokenizer) -> tuple[list[Pair], list[Pair]]:
     if not r.train:
         raise DataError("rm.train: no preference pairs given (a .jsonl/.json/.parquet file of prompt/chosen/rejected)")
     pairs = load_pairs(r.train, cfg, tokenizer)
-    if r.eval:
-        held_out = load_pairs(r.eval, cfg, tokenizer)
-    else:
-        cut = max(1, min(r.eval_size, len(pairs) // 10))
-        pairs, held_out = pairs[:-cut], pairs[-cut:]
-    if len(pairs) < r.batch_size:
-        raise DataError(f"rm.train: {len(pairs)} training pairs, fewer than rm.batch_size={r.batch_size}")
-    if r.batch_size % cfg.learner.world_size:
-        raise DataError(f"rm.batch_size ({r.batch_size}) must be divisible by learner.world_size")
+    pairs, held_out = hold_out(pairs, load_pairs(r.eval, cfg, tokenizer) if r.eval else None, r.eval_size)
+    check_batches("rm", "pairs", len(pairs), r.batch_size, cfg.learner.world_size)
     return pairs, held_out
 
 

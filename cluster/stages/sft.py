@@ -18,7 +18,7 @@ from cluster.data.sft_data import SFTRow, epoch_batches, load_sft_rows, sft_batc
 from cluster.errors import DataError, Stopped
 from cluster.runtime.metrics import MetricsLogger
 from cluster.stages import checkpoint
-from cluster.stages.common import every, open_run, write_json
+from cluster.stages.common import check_batches, every, hold_out, open_run, write_json
 from cluster.stages.evaluate import EvalResult, evaluate
 from cluster.stages.stopping import STOP
 
@@ -29,16 +29,12 @@ def split_rows(cfg: RunConfig, tokenizer) -> tuple[list[SFTRow], list[SFTRow], i
     if not s.train:
         raise DataError("sft.train: no SFT data given (a .jsonl/.json/.parquet file of prompt/response rows)")
     rows, skipped = load_sft_rows(s.train, cfg, tokenizer)
+    held_out = None
     if s.eval:
         held_out, more = load_sft_rows(s.eval, cfg, tokenizer)
         skipped += more
-    else:
-        cut = max(1, min(s.eval_size, len(rows) // 10))
-        rows, held_out = rows[:-cut], rows[-cut:]
-    if len(rows) < s.batch_size:
-        raise DataError(f"sft.train: {len(rows)} training rows, fewer than sft.batch_size={s.batch_size}")
-    if s.batch_size % cfg.learner.world_size:
-        raise DataError(f"sft.batch_size ({s.batch_size}) must be divisible by learner.world_size")
+    rows, held_out = hold_out(rows, held_out, s.eval_size)
+    check_batches("sft", "rows", len(rows), s.batch_size, cfg.learner.world_size)
     return rows, held_out, skipped
 
 

@@ -1,26 +1,18 @@
 """FSDP2 over gloo: two learner ranks take exactly the step one rank takes on the same batch, for each objective."""
 
-import socket
-
 import numpy as np
 import pytest
 import ray
 import torch
 from safetensors.torch import load_file
 
-from actors.learner import PolicyLearner
 from cluster.algo.grpo import GRPOObjective
 from cluster.algo.sft import SFTObjective
 from cluster.config import LearnerConfig
-from cluster.payloads import LearnerSpec, TrainBatch
+from cluster.payloads import TrainBatch
+from tests.ray.learner_ranks import start_ranks
 
 pytestmark = pytest.mark.ray
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _batch(rows: int = 8, seed: int = 0) -> TrainBatch:
@@ -36,22 +28,7 @@ def _batch(rows: int = 8, seed: int = 0) -> TrainBatch:
 
 def _train(model_path, world: int, objective, out_dir) -> dict:
     learner_cfg = LearnerConfig(world_size=world, lr=1e-3, micro_batch_size=2, grad_clip=1e9)
-    port = _free_port()
-    specs = [
-        LearnerSpec(
-            rank=rank,
-            world_size=world,
-            master_addr="127.0.0.1",
-            master_port=port,
-            model_path=str(model_path),
-            base_path=str(model_path),
-            config=learner_cfg,
-            optimizer_steps=objective.updates,
-            reference=objective.uses_reference,
-        )
-        for rank in range(world)
-    ]
-    ranks = [PolicyLearner.options(num_cpus=1).remote(spec) for spec in specs]
+    ranks = start_ranks(model_path, learner_cfg, optimizer_steps=objective.updates, reference=objective.uses_reference)
     try:
         batch = ray.put(_batch())
         metrics = ray.get([r.train_step.remote(batch, objective) for r in ranks])[0]
@@ -115,23 +92,7 @@ def _full_batch_gradient(model_path, batch: TrainBatch, objective) -> dict[str, 
 
 
 def _learner_gradients(model_path, world: int, micro: int, batch: TrainBatch, objectives) -> list[dict]:
-    cfg = LearnerConfig(world_size=world, micro_batch_size=micro)
-    port = _free_port()
-    specs = [
-        LearnerSpec(
-            rank=rank,
-            world_size=world,
-            master_addr="127.0.0.1",
-            master_port=port,
-            model_path=str(model_path),
-            base_path=str(model_path),
-            config=cfg,
-            optimizer_steps=1,
-            reference=False,
-        )
-        for rank in range(world)
-    ]
-    ranks = [PolicyLearner.options(num_cpus=1).remote(spec) for spec in specs]
+    ranks = start_ranks(model_path, LearnerConfig(world_size=world, micro_batch_size=micro))
     try:
         ref = ray.put(batch)
         return [ray.get([r.gradients.remote(ref, objective) for r in ranks])[0] for objective in objectives]

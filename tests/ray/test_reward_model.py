@@ -3,20 +3,19 @@ serves from ``RewardModelServer``, and two FSDP ranks take exactly the pairwise 
 
 import json
 import random
-import socket
 
 import numpy as np
 import pytest
 import ray
 import torch
 
-from actors.learner import PolicyLearner
 from actors.reward_model import RewardModelServer
 from cluster.algo.pairwise import PairwiseObjective, pairwise_metrics
 from cluster.config import LearnerConfig, load_config
 from cluster.data.builtin_model import save_random_model
-from cluster.payloads import LearnerSpec, TrainBatch
+from cluster.payloads import TrainBatch
 from cluster.stages.rm import run_rm
+from tests.ray.learner_ranks import start_ranks
 
 pytestmark = pytest.mark.ray
 
@@ -132,12 +131,6 @@ def test_a_reward_config_combines_rules_and_the_model_by_task_and_span(trained):
 
 
 # ---------------------------------------------------------------- FSDP: pairs over ranks
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _pair_batch(pairs: int, seed: int = 0) -> TrainBatch:
     rng = np.random.default_rng(seed)
     prompt_lens = np.repeat(rng.integers(2, 5, pairs), 2)
@@ -152,23 +145,7 @@ def _pair_batch(pairs: int, seed: int = 0) -> TrainBatch:
 def _ranks(model_path, world: int) -> list:
     # micro_batch_size 3 is rounded down to one pair: no micro-batch splits a pair.
     cfg = LearnerConfig(world_size=world, lr=1e-3, micro_batch_size=3, grad_clip=1e9)
-    port = _free_port()
-    specs = [
-        LearnerSpec(
-            rank=rank,
-            world_size=world,
-            master_addr="127.0.0.1",
-            master_port=port,
-            model_path=str(model_path),
-            base_path=str(model_path),
-            config=cfg,
-            optimizer_steps=1,
-            reference=False,
-            head="reward",
-        )
-        for rank in range(world)
-    ]
-    return [PolicyLearner.options(num_cpus=1).remote(spec) for spec in specs]
+    return start_ranks(model_path, cfg, head="reward")
 
 
 def _step(model_path, world: int) -> tuple[dict, np.ndarray, np.ndarray]:

@@ -1,0 +1,34 @@
+"""Learner ranks for the Ray tests: W real FSDP2 actors on loopback, built from one LearnerConfig."""
+
+import socket
+
+from actors.learner import PolicyLearner
+from cluster.config import LearnerConfig
+from cluster.payloads import LearnerSpec
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_ranks(model_path, cfg: LearnerConfig, *, optimizer_steps: int = 1, reference: bool = False, head="causal"):
+    """``cfg.world_size`` learner actors forming one process group (kill them with ``ray.kill``)."""
+    port = free_port()
+    specs = [
+        LearnerSpec(
+            rank=rank,
+            world_size=cfg.world_size,
+            master_addr="127.0.0.1",
+            master_port=port,
+            model_path=str(model_path),
+            base_path=str(model_path),
+            config=cfg,
+            optimizer_steps=optimizer_steps,
+            reference=reference,
+            head=head,
+        )
+        for rank in range(cfg.world_size)
+    ]
+    return [PolicyLearner.options(num_cpus=1).remote(spec) for spec in specs]
