@@ -17,12 +17,12 @@ from pathlib import Path
 import numpy as np
 
 from cluster.algo.passk import majority_answer, mean_pass_at_k
-from cluster.config import RunConfig
+from cluster.config import RunConfig, dump_config
 from cluster.data.prompts import PromptFormat, load_problems, reward_info
 from cluster.data.tasks import BUILTIN_TASKS, AdditionTask, Example
 from cluster.errors import DataError
 from cluster.payloads import SamplingSpec
-from cluster.stages.common import open_run, write_json
+from cluster.stages.common import resolve_model, write_json
 from rewards.language import consistency_reward
 from rewards.tags import last_block
 
@@ -78,14 +78,21 @@ def _powers_of_two(n: int) -> list[int]:
 
 
 def run_eval(cfg: RunConfig, out: Path | None = None) -> dict:
+    from transformers import AutoTokenizer
+
+    from cluster.data.prompts import check_think_opening
     from cluster.runtime.fleet import Fleet
     from cluster.runtime.ray_cluster import start_ray
 
     examples, source = eval_problems(cfg)
-    start = open_run(cfg, resume=False)
+    # Nothing is moved aside: the report goes next to what is there (often the run that trained the model).
     out = Path(out) if out else cfg.run_dir
     out.mkdir(parents=True, exist_ok=True)
-    fmt = PromptFormat(cfg, start.tokenizer)
+    (out / "eval-config.yaml").write_text(dump_config(cfg))
+    model = resolve_model(cfg)
+    tokenizer = AutoTokenizer.from_pretrained(model, trust_remote_code=cfg.model.trust_remote_code)
+    check_think_opening(cfg, tokenizer)
+    fmt = PromptFormat(cfg, tokenizer)
     ids = [np.asarray(fmt.ids(ex.prompt), dtype=np.int32) for ex in examples]
     fitting = [i for i, x in enumerate(ids) if len(x) <= cfg.model.max_prompt_len]
     if not fitting:
@@ -101,7 +108,7 @@ def run_eval(cfg: RunConfig, out: Path | None = None) -> dict:
     print(f"eval: {len(examples)} problems from {source}, {e.samples} samples each ({skipped} prompts too long)")
     start_ray(cfg)
     began = time.perf_counter()
-    fleet = Fleet(cfg, start.base_model, start.base_model, learners=False)
+    fleet = Fleet(cfg, model, model, learners=False)
     try:
         k = e.samples
         sampled = fleet.generate(ids, k, sampled_spec, seed=f"eval/{cfg.seed}")

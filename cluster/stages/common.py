@@ -55,6 +55,7 @@ def open_run(cfg: RunConfig, resume: bool) -> StageStart:
     not started yet: bad data should stop a run before any actor exists."""
     run_dir = cfg.run_dir
     if not resume:
+        _refuse_moving_the_model(cfg)
         archive_previous_run(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(dump_config(cfg))
@@ -68,6 +69,16 @@ def open_run(cfg: RunConfig, resume: bool) -> StageStart:
     last = checkpoint.latest(run_dir) if resume else None
     state = checkpoint.load_driver_state(last) if last else {"step": 0, "data_position": 0, "evals": []}
     return StageStart(base_model=base_model, tokenizer=tokenizer, last_checkpoint=last, state=state)
+
+
+def _refuse_moving_the_model(cfg: RunConfig) -> None:
+    """A fresh run moves an old run folder aside: not when the model it starts from lives in that folder."""
+    model, run_dir = Path(cfg.model.path).expanduser(), cfg.run_dir
+    if model.exists() and run_dir.is_dir() and model.resolve().is_relative_to(run_dir.resolve()):
+        raise DataError(
+            f"model.path {cfg.model.path} is inside {run_dir}, the folder this run would write (and move the old "
+            f"one aside); give the run another name, e.g. --set name={cfg.name}-next"
+        )
 
 
 def archive_previous_run(run_dir: Path) -> None:

@@ -257,3 +257,15 @@ def test_validate_catches_a_chat_template_that_opens_think(tmp_path, capsys, tem
     assert (
         RunConfig.model_validate({"data": {"template": "chat", "chat_opens_think": opens}}).data.think_opened is opens
     )
+
+
+def test_a_fresh_run_never_moves_aside_the_folder_its_model_is_in(tmp_path):
+    from cluster.stages.common import open_run
+
+    ckpt = tmp_path / "demo" / "checkpoints" / "step-4"
+    ckpt.mkdir(parents=True)
+    (ckpt / "config.json").write_text("{}")
+    cfg = _cfg(output_dir=str(tmp_path), name="demo", model={"path": str(ckpt)})
+    with pytest.raises(DataError, match="give the run another name, e.g. --set name=demo-next"):
+        open_run(cfg, resume=False)
+    assert ckpt.is_dir()
