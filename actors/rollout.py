@@ -94,7 +94,8 @@ class RolloutEngine:
         if seed is not None and self.in_process:
             self.reseed(seed)
         elif seed is not None:
-            params = [SamplingParams(**base, seed=(seed + i) % 2**63) for i in range(len(prompt_ids))]
+            # vLLM seeds sample j of a request with seed + j: prompts group_size apart never share a stream.
+            params = [SamplingParams(**base, seed=(seed + i * group_size) % 2**63) for i in range(len(prompt_ids))]
         start = time.perf_counter()
         outputs = self.llm.generate(
             [{"prompt_token_ids": [int(t) for t in ids]} for ids in prompt_ids], params, use_tqdm=False

@@ -93,6 +93,8 @@ def _load(args: argparse.Namespace):
     from cluster.stages import checkpoint
 
     last = checkpoint.latest(run)
+    if args.command == "sample" and (run / "chunks").is_dir():
+        return cfg  # sampling resumes from its written chunks
     if last is None:
         raise ConfigError(f"config error: --resume {resume}: no complete checkpoint under {run / 'checkpoints'}")
     done = checkpoint.load_driver_state(last)["step"]
@@ -195,6 +197,12 @@ def _pipeline(args: argparse.Namespace) -> int:
     except Stopped as stop:
         print(f"r1ray: {stop}; resume with: r1ray pipeline --config {args.config}", flush=True)
         return 0
+    except PipelineError as err:
+        print(f"r1ray: {err}", file=sys.stderr)
+        return 2
+    except (RunAborted, LearnerLost) as err:
+        print(f"r1ray: error: {err}; re-run to resume: r1ray pipeline --config {args.config}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -333,7 +333,8 @@ class SampleConfig(_Section):
     """Rejection sampling (``r1ray sample``): k samples per prompt, kept only if they pass every filter."""
 
     prompts: int | None = Field(None, ge=1)
-    """Prompts drawn from ``data.train`` (None: every row of the file; required for builtin tasks)."""
+    """Prompts drawn from ``data.train`` (None: every training row of the file, so not the tail held out when
+    ``data.eval`` is not given; required for builtin tasks)."""
     samples: int = Field(8, ge=1)
     """Completions sampled per prompt (k)."""
     temperature: float = Field(0.7, gt=0.0, le=10.0)

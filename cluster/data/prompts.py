@@ -24,10 +24,12 @@ def load_problems(path: str, data: DataConfig) -> list[Example]:
     return [ex if ex.language else replace(ex, language=data.language) for ex in rows]
 
 
-def reward_info(examples: list[Example], data: DataConfig, repeat: int = 1) -> list[RowInfo]:
-    """Each example's language and task for the reward scorers, ``repeat`` times in a row (one per sample)."""
+def reward_info(examples: list[Example], data: DataConfig, repeat: int = 1, fmt=None) -> list[RowInfo]:
+    """Each example's language, task and prompt (as the model saw it, through ``fmt``: what a reward model
+    judges the completion after) for the reward scorers, ``repeat`` times in a row (one per sample)."""
     default = "en" if data.language == "auto" else data.language
-    info = [RowInfo(language=ex.language or default, task=ex.task, prompt=ex.prompt) for ex in examples]
+    text = fmt.text if fmt is not None else (lambda prompt: prompt)
+    info = [RowInfo(language=ex.language or default, task=ex.task, prompt=text(ex.prompt)) for ex in examples]
     return [row for row in info for _ in range(repeat)]
 
 

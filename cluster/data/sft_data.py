@@ -55,6 +55,9 @@ def load_sft_rows(path: str, cfg: RunConfig, tokenizer) -> tuple[list[SFTRow], i
                 if not isinstance(value, str) or not value.strip():
                     raise DataError(f"{where}: {key!r} must be non-empty text, got {value!r:.60}")
             prompt_ids = fmt.ids(prompt)
+        if cfg.data.think_opened and response.lstrip().startswith("<think>"):
+            # The prompt already opened the thought (r1zero, R1-distill chat templates): continue it, as RL samples do.
+            response = response.lstrip()[len("<think>") :]
         response_ids = [*tokenizer(response, add_special_tokens=False)["input_ids"], tokenizer.eos_token_id]
         action = overlong_action(cfg, where, len(prompt_ids), len(response_ids))
         if action == "skip":

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cluster.errors import DataError
+from rewards.language import LANGUAGE_SCRIPTS
 
 BUILTIN_TASKS = ("builtin:addition",)
 
@@ -135,6 +136,8 @@ def load_examples(
         for name, value in extra.items():
             if value is not None and not isinstance(value, str):
                 raise DataError(f"{where}: the {name} column must be text, got {value!r:.60}")
+        if extra["language"] and extra["language"] not in LANGUAGE_SCRIPTS:
+            raise DataError(f"{where}: unknown language {extra['language']!r}; known: {sorted(LANGUAGE_SCRIPTS)}")
         examples.append(
             Example(
                 prompt=prompt,

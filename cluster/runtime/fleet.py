@@ -327,8 +327,8 @@ class Fleet:
 
     def _model_scores(self, name: str, texts: list[str], info: list[RowInfo]):
         """Reward model ``name`` on its span of each completion, after the (templated) prompt."""
-        spec, template = self.cfg.reward.models[name], self.cfg.data.template_text()
-        prompts = [template.replace("{prompt}", row.prompt) for row in info]
+        spec = self.cfg.reward.models[name]
+        prompts = [row.prompt for row in info]  # templated by the stage, as the model saw them
         return self.reward_models[name].score.remote(prompts, [judged_span(t, spec.span) for t in texts])
 
     def train(self, batch: TrainBatch, objective: Objective) -> dict[str, float]:

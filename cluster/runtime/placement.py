@@ -44,6 +44,7 @@ def required_cpus(cfg: RunConfig) -> float:
         cfg.rollout.num_workers * cfg.rollout.cpus_per_worker
         + cfg.learner.world_size * cfg.learner.cpus_per_rank
         + cfg.reward.num_scorers * SCORER_CPUS
+        + sum(spec.cpus for spec in cfg.reward.models.values())
     )
 
 

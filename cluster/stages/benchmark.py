@@ -113,11 +113,13 @@ def run_eval(cfg: RunConfig, out: Path | None = None) -> dict:
         k = e.samples
         sampled = fleet.generate(ids, k, sampled_spec, seed=f"eval/{cfg.seed}")
         answers = [ex.answer for ex in examples for _ in range(k)]
-        sampled_scores = fleet.score(sampled.texts, answers, reward_info(examples, cfg.data, k))
+        sampled_scores = fleet.score(sampled.texts, answers, reward_info(examples, cfg.data, k, fmt))
         greedy = greedy_scores = None
         if e.greedy:
             greedy = fleet.generate(ids, 1, greedy_spec)
-            greedy_scores = fleet.score(greedy.texts, [ex.answer for ex in examples], reward_info(examples, cfg.data))
+            greedy_scores = fleet.score(
+                greedy.texts, [ex.answer for ex in examples], reward_info(examples, cfg.data, 1, fmt)
+            )
         key = cfg.reward.accuracy_key
 
         def sample_row(rollouts, scores, row: int, language: str) -> dict:

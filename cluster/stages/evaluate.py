@@ -77,9 +77,11 @@ def evaluate(fleet, prompts: Prompts, cfg: RunConfig, step: int) -> EvalResult:
     n = cfg.data.eval_samples
     sampled = fleet.generate(prompts.eval_ids, n, sampling_spec(cfg, "eval"), seed=f"eval/{step}")
     answers = [ex.answer for ex in prompts.eval for _ in range(n)]
-    sampled_scores = fleet.score(sampled.texts, answers, reward_info(prompts.eval, cfg.data, n))
+    sampled_scores = fleet.score(sampled.texts, answers, reward_info(prompts.eval, cfg.data, n, prompts.format))
     greedy = fleet.generate(prompts.eval_ids, 1, sampling_spec(cfg, "greedy"))
-    greedy_scores = fleet.score(greedy.texts, [ex.answer for ex in prompts.eval], reward_info(prompts.eval, cfg.data))
+    greedy_scores = fleet.score(
+        greedy.texts, [ex.answer for ex in prompts.eval], reward_info(prompts.eval, cfg.data, 1, prompts.format)
+    )
     return eval_result(step, cfg.reward.accuracy_key, sampled, sampled_scores, greedy, greedy_scores)
 
 

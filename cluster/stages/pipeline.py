@@ -31,8 +31,9 @@ from cluster.config import (
     parse_override,
     set_dotted,
 )
-from cluster.errors import ConfigError
+from cluster.errors import ConfigError, Stopped
 from cluster.stages.run import STAGE_KINDS
+from cluster.stages.stopping import STOP
 
 OUTPUT = {"sft": "model", "rl": "model", "rm": "model", "sample": "data", "eval": "report"}
 """What each kind of stage produces."""
@@ -129,14 +130,13 @@ def load_pipeline(path: str | Path, overrides: list[str] | tuple[str, ...] = ())
         if "name" in own or "output_dir" in own:
             raise PipelineError(f"{where}: a stage's folder is set by the pipeline, not by 'name' or 'output_dir'")
         data_ref = own.pop("data", None) if _is_ref(own.get("data")) else None
+        if isinstance(own.get("model"), dict) and "from" in own["model"]:
+            # model: {from: X, ...} is model.path from X; the shared model section's other fields still apply.
+            model = dict(own["model"])
+            own["model"] = {k: v for k, v in model.items() if k != "from"} | {"path": {"from": model["from"]}}
         merged = _merge(copy.deepcopy(shared), own)
         if data_ref is not None:
             set_dotted(merged, DATA_FIELD[kind], data_ref)
-        if _is_ref(merged.get("model")):
-            merged["model"] = {"path": merged["model"]}
-        elif isinstance(merged.get("model"), dict) and "from" in merged["model"]:
-            model = dict(merged["model"])
-            merged["model"] = {k: v for k, v in model.items() if k != "from"} | {"path": {"from": model["from"]}}
         refs = _references(merged)
         earlier = {s.name: s for s in stages}
         for dotted, other in refs.items():
@@ -231,13 +231,18 @@ def run_pipeline(pipeline: Pipeline) -> dict:
             if done:
                 why = "an earlier stage ran again" if upstream_ran else "its config changed"
                 print(f"pipeline: stage {stage.folder} runs again: {why}", flush=True)
-            interrupted = not done and (checkpoint.latest(folder) is not None or (folder / "chunks").is_dir())
+            same = _started(pipeline).get(stage.folder) == _digest(cfg)
+            partial = checkpoint.latest(folder) is not None or (folder / "chunks").is_dir()
+            interrupted = not done and not upstream_ran and same and partial
             print(f"\n=== pipeline {pipeline.name}: stage {stage.folder} ({stage.kind})"
                   f"{', resumed' if interrupted else ''} ===", flush=True)  # fmt: skip
             cluster_cfg = cfg.model_copy(deep=True)
             if cluster_cfg.cluster.num_cpus is None:
                 cluster_cfg.cluster.num_cpus = max(1, int(-(-cpus // 1)))
             start_ray(cluster_cfg)
+            if STOP.requested:  # a SIGTERM during the stage before: stop between stages
+                raise Stopped(f"stopped before stage {stage.folder} (SIGTERM)", str(pipeline.root))
+            _mark_started(pipeline, stage.folder, _digest(cfg))
             summary = run_stage(stage.kind, cfg, resume=interrupted)
             output = summary[OUTPUT[stage.kind]] if stage.kind != "eval" else str(folder / "report.json")
             done = {
@@ -257,6 +262,19 @@ def run_pipeline(pipeline: Pipeline) -> dict:
     print_pipeline_table(result)
     print(f"pipeline report: {pipeline.root / 'pipeline_report.json'}", flush=True)
     return result
+
+
+def _started(pipeline: Pipeline) -> dict[str, str]:
+    """Stage folder -> the digest of the config it was started with (an interrupted stage resumes only if
+    its config is still that one)."""
+    path = pipeline.root / "started.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _mark_started(pipeline: Pipeline, folder: str, digest: str) -> None:
+    from cluster.stages.common import write_json
+
+    write_json(pipeline.root / "started.json", _started(pipeline) | {folder: digest})
 
 
 def stage_figures(kind: str, summary: dict) -> dict:

@@ -79,7 +79,7 @@ def _train(cfg: RunConfig, start, prompts: Prompts, restarts: dict[str, int]) ->
             print(f"eval before GRPO: {evals[-1].text()}", flush=True)
         began = time.perf_counter()
         position = rl_loop(fleet, prompts, cfg, log, evals, first_step=done + 1)
-        if evals[-1].step != cfg.grpo.steps:
+        if evals[-1].step != cfg.grpo.steps and not STOP.requested:  # stopping: checkpoint first, no eval
             evals.append(evaluate(fleet, prompts, cfg, step=cfg.grpo.steps))
         save_checkpoint(fleet, cfg, cfg.grpo.steps, position, evals)
         log.close()
@@ -97,23 +97,18 @@ def rl_loop(fleet, prompts: Prompts, cfg: RunConfig, log: MetricsLogger, evals: 
     objective = grpo_objective(cfg)
     behaviour = behaviour_policy(cfg)
     schedule = RolloutSchedule(lambda: collect(fleet, prompts, cfg), ahead=cfg.grpo.async_rollouts)
+    trained = saved = first_step - 1  # the last step the learner holds, and the last one checkpointed here
     try:
         for step in range(first_step, cfg.grpo.steps + 1):
             started = time.perf_counter()
             more = step < cfg.grpo.steps
-            try:
-                sampled = schedule.batch(prefetch=more)
-            except RunAborted:
-                # Too many dead actors: the learner still holds the last step's update, keep it.
-                if step > first_step and not every(cfg.checkpoint_every, step - 1):
-                    save_checkpoint(fleet, cfg, step - 1, position, evals)
-                raise
-            position = sampled.data_position
+            sampled = schedule.batch(prefetch=more)
             g = cfg.grpo.group_size
             advantages = group_advantages(torch.as_tensor(sampled.scores.total), g, scale=cfg.grpo.scale_advantages)
             batch = TrainBatch.from_rollouts(sampled.rollouts, advantages.numpy(), behaviour)
             train_started = time.perf_counter()
             train_metrics = fleet.train(batch, objective)
+            trained, position = step, sampled.data_position
             train_s = time.perf_counter() - train_started
             schedule.settle()  # the engines finish sampling before they take new weights
             sync = fleet.sync_weights(step, probe=batch)
@@ -122,16 +117,21 @@ def rl_loop(fleet, prompts: Prompts, cfg: RunConfig, log: MetricsLogger, evals: 
             log.log(row)
             print(progress_line(row, cfg.grpo.steps), flush=True)
             report_reward_failures(sampled.scores)
+            if more and STOP.requested:  # before any evaluation: the grace period is for the checkpoint
+                save_checkpoint(fleet, cfg, step, position, evals)
+                STOP.done()
+                raise Stopped(f"stopped after step {step} of {cfg.grpo.steps} (SIGTERM)", str(cfg.run_dir))
             if more and every(cfg.eval_every, step):
                 evals.append(evaluate(fleet, prompts, cfg, step=step))
                 print(f"eval at step {step}: {evals[-1].text()}", flush=True)
             if more and every(cfg.checkpoint_every, step):
                 save_checkpoint(fleet, cfg, step, position, evals)
-            if more and STOP.requested:
-                if not every(cfg.checkpoint_every, step):
-                    save_checkpoint(fleet, cfg, step, position, evals)
-                STOP.done()
-                raise Stopped(f"stopped after step {step} of {cfg.grpo.steps} (SIGTERM)", str(cfg.run_dir))
+                saved = step
+    except RunAborted:
+        # Too many dead engines or scorers: the learners still hold their last update; keep it.
+        if trained > saved and trained > 0:
+            save_checkpoint(fleet, cfg, trained, position, evals)
+        raise
     finally:
         schedule.close()
     return position
@@ -198,7 +198,7 @@ def collect(fleet, prompts: Prompts, cfg: RunConfig) -> SampledBatch:
         # Samples keyed by the stream position: a resumed run draws what an uninterrupted one drew.
         rollouts = fleet.generate(prompts.encode(examples), g, spec, seed=f"train/{first}")
         answers = [ex.answer for ex in examples for _ in range(g)]
-        scores = fleet.score(rollouts.texts, answers, reward_info(examples, cfg.data, g))
+        scores = fleet.score(rollouts.texts, answers, reward_info(examples, cfg.data, g, prompts.format))
         rounds.append(SampledGroups(rollouts=rollouts, scores=scores, prompts=len(examples)))
         informative = dynamic_sampling_mask(torch.as_tensor(scores.total), g).numpy()
         for i in range(len(examples)):

@@ -10,7 +10,17 @@ STAGE_KINDS = ("sft", "rl", "sample", "eval", "rm")
 
 
 def run_stage(kind: str, cfg: RunConfig, *, resume: bool = False, out: str | Path | None = None) -> dict:
-    """Run stage ``kind`` on ``cfg``; returns its summary (also written to ``<run_dir>/summary.json``)."""
+    """Run stage ``kind`` on ``cfg``; returns its summary (also written to ``<run_dir>/summary.json``). A stop
+    requested during the stage's last work does not abandon what follows it."""
+    from cluster.stages.stopping import STOP
+
+    try:
+        return _run(kind, cfg, resume, out)
+    finally:
+        STOP.done()
+
+
+def _run(kind: str, cfg: RunConfig, resume: bool, out: str | Path | None) -> dict:
     if kind == "rl":
         from cluster.stages.rl import train
 

@@ -138,7 +138,7 @@ def run_sample(cfg: RunConfig, resume: bool = False) -> dict:
             part = examples[first : first + CHUNK_PROMPTS]
             rollouts = fleet.generate(prompts.encode(part), s.samples, spec, seed=f"sample/{cfg.seed}/{c}")
             answers = [ex.answer for ex in part for _ in range(s.samples)]
-            scores = fleet.score(rollouts.texts, answers, reward_info(part, cfg.data, s.samples))
+            scores = fleet.score(rollouts.texts, answers, reward_info(part, cfg.data, s.samples, prompts.format))
             kept, counts = select(cfg, part, rollouts, scores, seed=cfg.seed * 100003 + c)
             write_json(done, {"rows": [r | {"source": provenance} for r in kept], "counts": counts})
             total = first + len(part)

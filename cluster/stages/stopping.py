@@ -35,9 +35,10 @@ class GracefulStop:
         self._timer.start()
 
     def done(self) -> None:
-        """The checkpoint is written: no abandoning any more."""
+        """The checkpoint is written (or the stage finished): no abandoning any more."""
         if self._timer is not None:
             self._timer.cancel()
+            self._timer = None
 
 
 STOP = GracefulStop()

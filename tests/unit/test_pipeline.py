@@ -25,6 +25,9 @@ def test_shipped_pipeline_validates(path, capsys):
 def test_r1_pipeline_wires_the_recipe():
     pipe = load_pipeline(REPO / "deploy" / "pipelines" / "r1.yaml")
     by_name = {s.name: s for s in pipe.stages}
+    for stage in pipe.stages:  # every stage keeps the shared model settings, whatever model it starts from
+        cfg = pipe.config(stage, pipe.placeholders())
+        assert (cfg.model.dtype, cfg.model.max_response_len) == ("bfloat16", 8192), stage.name
     assert by_name["reasoning_rl"].refs == {"model.path": "cold_start"}
     # R1 fine-tunes the base model on the rejection-sampled data, not the RL checkpoint.
     assert by_name["rs_sft"].refs == {"sft.train": "rejection_sampling"}
@@ -88,12 +91,14 @@ def test_shared_sections_merge_and_overrides_apply(tmp_path):
         tmp_path,
         [SFT, {"name": "rl", "kind": "rl", "model": {"from": "cold", "max_response_len": 64}, "grpo": {"steps": 7}}],
         grpo={"steps": 3, "group_size": 4},
-        model={"max_response_len": 32},
+        model={"max_response_len": 32, "max_prompt_len": 99, "dtype": "bfloat16"},
     )
     pipe = load_pipeline(path, ["grpo.group_size=2"])
     rl = pipe.stages[1]
     cfg = pipe.config(rl, {"cold": "/ck"})
     assert (cfg.grpo.steps, cfg.grpo.group_size, cfg.model.path, cfg.model.max_response_len) == (7, 2, "/ck", 64)
+    # model: {from: ...} replaces the path only: the shared model section still applies
+    assert (cfg.model.max_prompt_len, cfg.model.dtype) == (99, "bfloat16")
     assert pipe.config(pipe.stages[0], {}).grpo.steps == 3
 
 

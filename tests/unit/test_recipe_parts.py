@@ -269,3 +269,20 @@ def test_a_fresh_run_never_moves_aside_the_folder_its_model_is_in(tmp_path):
     with pytest.raises(DataError, match="give the run another name, e.g. --set name=demo-next"):
         open_run(cfg, resume=False)
     assert ckpt.is_dir()
+
+
+def test_sft_responses_continue_a_thought_the_template_opened(tmp_path):
+    tok = build_tokenizer()
+    path = _jsonl(tmp_path / "a.jsonl", [{"prompt": "1+2=", "response": "<think>1+2+0=03</think><answer>3</answer>"}])
+    (row,), _ = load_sft_rows(
+        path, _cfg(model={"max_prompt_len": 512, "max_response_len": 40}, data={"template": "r1zero"}), tok
+    )
+    assert tok.decode(row.response_ids[:-1]) == "1+2+0=03</think><answer>3</answer>"
+
+
+def test_a_row_with_an_unknown_language_is_one_line(tmp_path):
+    from cluster.data.tasks import load_examples
+
+    path = _jsonl(tmp_path / "p.jsonl", [{"prompt": "q", "answer": "1", "language": "english"}])
+    with pytest.raises(DataError, match="line 1: unknown language 'english'"):
+        load_examples(path, "prompt", "answer")
