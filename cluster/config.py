@@ -12,9 +12,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
 
 from cluster.errors import ConfigError
+from cluster.sections import EvalConfig, RMConfig, SampleConfig, Section, SFTConfig
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "deploy" / "configs"
 DEFAULT_CONFIG = CONFIG_DIR / "demo.yaml"
@@ -29,11 +30,7 @@ R1_ZERO_TEMPLATE = (
 TEMPLATES = {"r1zero": R1_ZERO_TEMPLATE, "raw": "{prompt}"}
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, use_attribute_docstrings=True)
-
-
-class ModelConfig(_Section):
+class ModelConfig(Section):
     path: str = "builtin:tiny-adder"
     """Hugging Face model directory, or ``builtin:tiny-adder`` for the demo model r1ray builds itself."""
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
@@ -53,7 +50,7 @@ class ModelConfig(_Section):
     """First pre-training steps on worked answers only: the skill, before the mixture makes it rare."""
 
 
-class DataConfig(_Section):
+class DataConfig(Section):
     train: str = "builtin:addition"
     """Training prompts: a local ``.jsonl``/``.json``/``.parquet`` file, or ``builtin:addition``."""
     eval: str | None = None
@@ -122,7 +119,7 @@ class DataConfig(_Section):
         return self.template_text().rstrip().endswith("<think>")
 
 
-class RolloutConfig(_Section):
+class RolloutConfig(Section):
     num_workers: int = Field(1, ge=1)
     """Number of vLLM rollout engines (Ray actors ``rollout-<i>``)."""
     cpus_per_worker: float = Field(1.0, gt=0)
@@ -150,7 +147,7 @@ class RolloutConfig(_Section):
     """Engine seed; worker ``i`` uses ``seed + i``. Reproducibility comes from it plus request order."""
 
 
-class RewardModelSpec(_Section):
+class RewardModelSpec(Section):
     """A trained reward model (``r1ray rm``) served as a reward: its scalar output is the reward."""
 
     path: str
@@ -164,7 +161,7 @@ class RewardModelSpec(_Section):
     gpus: int = Field(0, ge=0, le=1)
 
 
-class RewardConfig(_Section):
+class RewardConfig(Section):
     weights: dict[str, float] = {"exact": 1.0, "format": 0.1}
     """Reward names (see ``rewards.REWARD_NAMES``) or ``module:function`` paths, with their weights.
     ``format`` follows ``data.template``: with a template that opens ``<think>`` it checks the completion
@@ -214,7 +211,7 @@ class RewardConfig(_Section):
         return self
 
 
-class GRPOConfig(_Section):
+class GRPOConfig(Section):
     steps: int = Field(100, ge=1)
     """Number of GRPO steps (one batch of prompts each)."""
     prompts_per_step: int = Field(32, ge=1)
@@ -254,7 +251,7 @@ class GRPOConfig(_Section):
     off-policy; the engine's logprobs are the behaviour policy of the clipped ratio)."""
 
 
-class LearnerConfig(_Section):
+class LearnerConfig(Section):
     world_size: int = Field(1, ge=1)
     """Learner ranks (Ray actors ``learner-<rank>``) forming one FSDP2 group."""
     cpus_per_rank: float = Field(1.0, gt=0)
@@ -285,7 +282,7 @@ class LearnerConfig(_Section):
     """FSDP2 mixed precision (bf16 compute, fp32 master weights); GPU only."""
 
 
-class ClusterConfig(_Section):
+class ClusterConfig(Section):
     address: str | None = None
     """Ray address to join (``auto``, ``ray://...``); None starts a local cluster unless RAY_ADDRESS is set."""
     num_cpus: int | None = Field(None, ge=1)
@@ -304,95 +301,7 @@ class ClusterConfig(_Section):
     """Weight broadcast backend: ``auto`` picks nccl when learners have GPUs, else gloo."""
 
 
-class SFTConfig(_Section):
-    """Supervised fine-tuning (``r1ray sft``; the cold start, the SFT after rejection sampling, distillation)."""
-
-    train: str | None = None
-    """Local ``.jsonl``/``.json``/``.parquet`` rows: ``prompt`` + ``response`` columns, or ``messages`` (chat)."""
-    eval: str | None = None
-    """Held-out rows in the same layout; None holds out the tail of ``train`` (``eval_size`` rows)."""
-    prompt_key: str = "prompt"
-    response_key: str = "response"
-    messages_key: str = "messages"
-    """Column of chat-format rows (a list of ``{role, content}``; the last assistant turn is the response)."""
-    epochs: int = Field(2, ge=1)
-    """Passes over the training rows (R1's SFT after rejection sampling: 2)."""
-    batch_size: int = Field(32, ge=1)
-    """Sequences per optimizer step (all ranks together; the last short batch of an epoch is dropped)."""
-    eval_size: int = Field(64, ge=1)
-    """Rows held out of ``train`` when ``eval`` is not given."""
-    eval_every: int = Field(0, ge=0)
-    """Held-out loss every K optimizer steps (0: before and after training only)."""
-    bucket_by_length: bool = True
-    """Group rows of similar length into the same batch (and micro-batch), so short rows do not pay for long ones."""
-    generate_eval: bool = True
-    """Also measure generation accuracy on ``data``'s held-out prompts before and after (starts a rollout engine)."""
-
-
-class SampleConfig(_Section):
-    """Rejection sampling (``r1ray sample``): k samples per prompt, kept only if they pass every filter."""
-
-    prompts: int | None = Field(None, ge=1)
-    """Prompts drawn from ``data.train`` (None: every training row of the file, so not the tail held out when
-    ``data.eval`` is not given; required for builtin tasks)."""
-    samples: int = Field(8, ge=1)
-    """Completions sampled per prompt (k)."""
-    temperature: float = Field(0.7, gt=0.0, le=10.0)
-    top_p: float = Field(0.95, gt=0.0, le=1.0)
-    keep_per_prompt: int = Field(1, ge=1)
-    """At most this many kept completions per prompt (m)."""
-    prefer: Literal["shortest", "random"] = "shortest"
-    """Which of a prompt's passing completions are kept first."""
-    require_correct: bool = True
-    """Keep only completions the accuracy reward (``reward.accuracy_key``) scores correct."""
-    require_format: bool = True
-    """Keep only well-formed ``<think>...</think><answer>...</answer>`` completions."""
-    min_language: float | None = Field(None, ge=0.0, le=1.0)
-    """Keep only completions whose chain of thought has at least this language consistency (None: off)."""
-    min_tokens: int = Field(1, ge=1)
-    max_tokens: int | None = Field(None, ge=1)
-    """Longest kept completion in tokens (None: any that finished; truncated ones are never kept)."""
-    max_paragraph_chars: int | None = Field(None, ge=1)
-    """Drop completions with a paragraph (text between blank lines) longer than this (None: off)."""
-    no_repetition: bool = True
-    """Drop completions with a repetition loop (a stretch of 8+ characters repeated 3+ times in a row)."""
-    no_code_fences: bool = True
-    """Drop completions containing Markdown code fences."""
-    mix: str | None = None
-    """Other SFT rows (same layout as the output: ``prompt``/``response``) mixed into the output."""
-    mix_ratio: float = Field(0.0, ge=0.0, lt=1.0)
-    """Share of the output taken from ``mix`` (R1: ~200k non-reasoning of ~800k)."""
-
-
-class EvalConfig(_Section):
-    """Evaluation as the R1 paper reports it (``r1ray eval``)."""
-
-    data: str | None = None
-    """Problems (``prompt``/``answer`` columns); None: ``data.eval`` (or the builtin task's held-out set)."""
-    samples: int = Field(4, ge=1)
-    """Samples per problem (k): pass@1 is their mean accuracy, cons@k their majority vote."""
-    temperature: float = Field(0.6, gt=0.0, le=10.0)
-    top_p: float = Field(0.95, gt=0.0, le=1.0)
-    greedy: bool = True
-    """Also one greedy completion per problem (``greedy_accuracy``)."""
-    size: int | None = Field(None, ge=1)
-    """Evaluate only the first N problems (None: all)."""
-
-
-class RMConfig(_Section):
-    """Reward-model training (``r1ray rm``): Bradley-Terry pairwise loss on preference pairs."""
-
-    train: str | None = None
-    """Local rows with ``prompt``, ``chosen`` and ``rejected`` columns."""
-    eval: str | None = None
-    """Held-out pairs; None holds out the tail of ``train`` (``eval_size`` pairs)."""
-    epochs: int = Field(1, ge=1)
-    batch_size: int = Field(32, ge=1)
-    """Pairs per optimizer step."""
-    eval_size: int = Field(64, ge=1)
-
-
-class RunConfig(_Section):
+class RunConfig(Section):
     name: str = Field("demo", pattern=r"^[A-Za-z0-9._-]+$")
     """Run name; outputs go to ``<output_dir>/<name>/``."""
     output_dir: str = "runs"

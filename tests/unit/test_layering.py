@@ -59,7 +59,10 @@ def _violations(owners: tuple[str, ...], forbidden: tuple[str, ...]) -> list[str
     ("owners", "forbidden"),
     [
         (("rewards",), ("torch", "ray", "cluster", "actors", "vllm")),
-        (("cluster.algo", "cluster.config", "cluster.errors", "cluster.payloads"), ("ray", "actors", "vllm")),
+        (
+            ("cluster.algo", "cluster.config", "cluster.sections", "cluster.errors", "cluster.payloads"),
+            ("ray", "actors", "vllm"),
+        ),
         (("actors",), ("cluster.stages", "cluster.runtime")),
         (("cluster.algo",), ("cluster.stages", "cluster.runtime", "cluster.data")),
     ],
