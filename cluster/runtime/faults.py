@@ -1,10 +1,10 @@
 """Fault injection for the fault-tolerance tests: SIGKILL a run's own actors at chosen calls.
 
 ``R1RAY_FAULTS="rollout-0@generate:4,learner-0@train:3"`` makes the driver SIGKILL the process of
-actor ``rollout-0`` during the 4th ``Fleet.generate`` call (0.3 s after it was sent, so the call is in
-flight), and ``learner-0`` during the 3rd ``Fleet.train`` call. The kill is a real one, of the real
-process, as a crash or a lost node would be; the supervisor in ``Fleet`` must then cope. Unset, this
-costs one dictionary lookup per call.
+actor ``rollout-0`` as the 4th ``Fleet.generate`` call is sent (after the kill, before the call: so the
+call is lost, whatever the timing), and ``learner-0`` as the 3rd ``Fleet.train`` call is. The kill is a
+real one, of the real process, as a crash or a lost node would be; the supervisor in ``Fleet`` must then
+cope. Unset, this costs one dictionary lookup per call.
 """
 
 from __future__ import annotations
@@ -38,17 +38,18 @@ class FaultPlan:
             self.pids |= {name: ray.get(a.__ray_call__.remote(lambda self: os.getpid())) for name, a in actors.items()}
 
     def at(self, point: str) -> None:
-        """Called right after a call of kind ``point`` was sent to the actors."""
+        """Called right before a call of kind ``point`` is sent to the actors."""
         if not self.plan:
             return
         self.calls[point] = self.calls.get(point, 0) + 1
-        victims = self.plan.get((point, self.calls[point]), [])
-        if victims:
-            time.sleep(0.3)
-        for name in victims:
-            print(f"fault injection: SIGKILL {name} (pid {self.pids[name]}) during {point} call {self.calls[point]}")
+        for name in self.plan.get((point, self.calls[point]), []):
+            pid = self.pids[name]
+            print(f"fault injection: SIGKILL {name} (pid {pid}) at {point} call {self.calls[point]}", flush=True)
             try:
-                os.kill(self.pids[name], signal.SIGKILL)
+                os.kill(pid, signal.SIGKILL)
+                for _ in range(100):  # gone before the call is sent
+                    time.sleep(0.05)
+                    os.kill(pid, 0)
             except ProcessLookupError:
                 pass
 

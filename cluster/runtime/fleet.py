@@ -209,8 +209,8 @@ class Fleet:
     def _supervised(self, role: str, actors: list, send, indices: list[int], point: str) -> list:
         """``send(actor, i)`` for each index; an actor that dies is re-created and its call re-issued (the same
         call with the same seed: the re-issued prompts sample what the lost ones would have)."""
-        refs = {i: send(actors[i], i) for i in indices}
         self.faults.at(point)
+        refs = {i: send(actors[i], i) for i in indices}
         results = {}
         for i in indices:
             while i not in results:
@@ -333,8 +333,8 @@ class Fleet:
 
     def train(self, batch: TrainBatch, objective: Objective) -> dict[str, float]:
         ref = ray.put(batch)
-        calls = [learner.train_step.remote(ref, objective) for learner in self.learners]
         self.faults.at("train")
+        calls = [learner.train_step.remote(ref, objective) for learner in self.learners]
         return self._learner_results(calls)[0]
 
     def _learner_results(self, calls: list) -> list:

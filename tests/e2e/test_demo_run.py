@@ -170,8 +170,8 @@ def test_resumed_run_matches_an_uninterrupted_one(run, straight):
         assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-5), a["step"]
 
 
-# rollout-0 dies in the middle of step 2's generate and again between steps 2 and 3 (before the weight push),
-# reward-0 after step 2's scoring (found dead by step 3's), learner-0 in the middle of step 3's update.
+# rollout-0 dies as step 2's generate is sent and again between steps 2 and 3 (before the weight push), reward-0
+# as step 2's scoring is sent, learner-0 as step 3's update is: each call is lost and must be re-issued.
 FAULTS = "rollout-0@generate:4,rollout-0@sync:3,reward-0@score:4,learner-0@train:3"
 
 
