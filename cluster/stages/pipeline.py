@@ -36,7 +36,9 @@ from cluster.stages.run import STAGE_KINDS
 from cluster.stages.stopping import STOP
 
 OUTPUT = {"sft": "model", "rl": "model", "rm": "model", "sample": "data", "eval": "report"}
-"""What each kind of stage produces."""
+"""Where each kind of stage names its output (the key in its summary)."""
+PRODUCES = {"sft": "model", "rl": "model", "rm": "reward model", "sample": "data", "eval": "report"}
+"""What each kind of stage produces, for checking references."""
 DATA_FIELD = {"sft": "sft.train", "rl": "data.train", "sample": "data.train", "eval": "eval.data", "rm": "rm.train"}
 """Where ``data: {from: <stage>}`` goes, per kind of the stage that says it."""
 PIPELINE_KEYS = {"name", "output_dir", "stages"}
@@ -146,7 +148,7 @@ def load_pipeline(path: str | Path, overrides: list[str] | tuple[str, ...] = ())
                 raise PipelineError(
                     f"{where}: {dotted}: from {other!r} names no earlier stage{later}; earlier stages: {known}"
                 )
-            produced, wanted = OUTPUT[earlier[other].kind], _wanted(dotted, kind)
+            produced, wanted = PRODUCES[earlier[other].kind], _wanted(dotted)
             if wanted and produced != wanted:
                 raise PipelineError(
                     f"{where}: {dotted}: stage {other!r} ({earlier[other].kind}) produces a {produced}, not a {wanted}"
@@ -183,9 +185,12 @@ def _references(tree: dict, prefix: str = "") -> dict[str, str]:
     return found
 
 
-def _wanted(dotted: str, kind: str) -> str | None:
+def _wanted(dotted: str) -> str | None:
+    """What a field that takes a stage's output needs (None: any path)."""
     if dotted == "model.path":
         return "model"
+    if dotted.startswith("reward.models.") and dotted.endswith(".path"):
+        return "reward model"
     if dotted in DATA_FIELD.values() or dotted in ("data.eval", "sample.mix", "sft.eval", "rm.eval"):
         return "data"
     return None

@@ -65,6 +65,24 @@ SFT = {"name": "cold", "kind": "sft", "sft": {"train": "rows.jsonl"}}
             "stage 's' (sample) produces a data, not a model",
         ),
         ([SFT, {"name": "t", "kind": "sft", "data": {"from": "cold"}}], "produces a model, not a data"),
+        (
+            [
+                {"name": "rm", "kind": "rm", "rm": {"train": "pairs.jsonl"}},
+                {"name": "r", "kind": "rl", "model": {"from": "rm"}},
+            ],
+            "stage 'rm' (rm) produces a reward model, not a model",
+        ),
+        (
+            [
+                SFT,
+                {
+                    "name": "r",
+                    "kind": "rl",
+                    "reward": {"weights": {"exact": 1.0, "h": 1.0}, "models": {"h": {"path": {"from": "cold"}}}},
+                },
+            ],
+            "stage 'cold' (sft) produces a model, not a reward model",
+        ),
         ([{"name": "cold", "kind": "sft"}], "sft.train is missing"),
         ([{"name": "s", "kind": "sample"}], "sample.prompts is missing"),
         ([{"name": "rm", "kind": "rm"}], "rm.train is missing"),
