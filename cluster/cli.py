@@ -1,4 +1,4 @@
-"""``r1ray`` command line: the stages (train, sft, sample, rm, eval), pipelines, data, validate, submit.
+"""``r1ray`` command line: the stages (train, sft, sample, rm, eval), pipelines, data, validate, submit, monitor.
 
 Heavy imports (torch, vLLM, Ray) happen only after the config has been parsed, so ``--help`` and
 config errors are fast. A config error prints one line naming the field and exits with code 2.
@@ -63,8 +63,12 @@ def _parser() -> argparse.ArgumentParser:
     submit.add_argument("--no-wait", action="store_true", help="print the job id and return")
 
     from cluster.data.prepare import add_parser
+    from cluster.monitor import add_parser as add_monitor_parser
+    from cluster.monitor import add_tensorboard_parser
 
     add_parser(sub)
+    add_monitor_parser(sub)
+    add_tensorboard_parser(sub)
     return parser
 
 
@@ -117,6 +121,10 @@ def _is_pipeline(path: str | None) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command in ("monitor", "tensorboard"):
+        from cluster import monitor
+
+        return monitor.run(args) if args.command == "monitor" else monitor.run_tensorboard(args)
     if args.command == "data":
         from cluster.data.prepare import run as prepare
 
@@ -232,6 +240,11 @@ def _quiet_and_stoppable() -> None:
         raise SystemExit(128 + signum)
 
     signal.signal(signal.SIGTERM, stop)
+
+    from cluster.monitor import apply_dashboard_env
+
+    # While `r1ray monitor` runs, a local cluster this stage starts shows its curves on the dashboard's Metrics page.
+    apply_dashboard_env()
 
 
 if __name__ == "__main__":

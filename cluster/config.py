@@ -301,6 +301,18 @@ class ClusterConfig(Section):
     """Weight broadcast backend: ``auto`` picks nccl when learners have GPUs, else gloo."""
 
 
+class WandbConfig(Section):
+    project: str = Field("r1ray", min_length=1)
+    """Weights & Biases project the run is logged to."""
+    mode: Literal["online", "offline"] = "offline"
+    """``offline`` writes ``<run_dir>/wandb/offline-run-*`` with no network (``wandb sync`` uploads it later)."""
+
+
+class LoggingConfig(Section):
+    wandb: WandbConfig | None = None
+    """Also log every metrics.jsonl row and the resolved config to wandb (``pip install -e '.[wandb]'``); None: off."""
+
+
 class RunConfig(Section):
     name: str = Field("demo", pattern=r"^[A-Za-z0-9._-]+$")
     """Run name; outputs go to ``<output_dir>/<name>/``."""
@@ -325,6 +337,7 @@ class RunConfig(Section):
     sample: SampleConfig = SampleConfig()
     eval: EvalConfig = EvalConfig()
     rm: RMConfig = RMConfig()
+    logging: LoggingConfig = LoggingConfig()
 
     @model_validator(mode="after")
     def _consistent_sizes(self) -> RunConfig:

@@ -72,7 +72,7 @@ def _train(cfg: RunConfig, start, prompts: Prompts, restarts: dict[str, int]) ->
         # Engines and learner start from the same weights (the base or the checkpoint): prove it on held-out prompts.
         gap = fleet.sync_weights(done, probe=prompts.probe_batch())
         print(f"weights in sync: engine vs learner logprob gap {gap['rollout/logprob_diff_max']:.1e}", flush=True)
-        log = MetricsLogger(cfg.run_dir, cfg.name, resume_step=done)
+        log = MetricsLogger.of_run(cfg, resume_step=done)
         evals = [EvalResult.from_dict(e) for e in start.state["evals"]]
         if not evals:
             evals.append(evaluate(fleet, prompts, cfg, step=0))

@@ -67,7 +67,7 @@ def run_rm(cfg: RunConfig, resume: bool = False) -> dict:
         if not evals:
             evals.append({"step": 0, **heldout_metrics(fleet, held_out)})
             print(f"held-out before RM training: {_text(evals[-1])}", flush=True)
-        log = MetricsLogger(cfg.run_dir, cfg.name, resume_step=done)
+        log = MetricsLogger.of_run(cfg, resume_step=done)
         began = time.perf_counter()
         for step in range(done + 1, len(plan) + 1):
             started = time.perf_counter()

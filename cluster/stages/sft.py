@@ -79,7 +79,7 @@ def run_sft(cfg: RunConfig, resume: bool = False) -> dict:
             fleet.sync_weights(0, probe=prompts.probe_batch())
             evals.append(evaluate(fleet, prompts, cfg, step=0))
             print(f"eval before SFT: {evals[-1].text()}", flush=True)
-        log = MetricsLogger(cfg.run_dir, cfg.name, resume_step=done)
+        log = MetricsLogger.of_run(cfg, resume_step=done)
         began = time.perf_counter()
         for step in range(done + 1, len(plan) + 1):
             started = time.perf_counter()
