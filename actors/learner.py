@@ -1,11 +1,12 @@
 """Policy learner: one FSDP2 rank of the policy, with the frozen reference model sharded alike.
 
 ``LearnerRank`` is the plain class; ``PolicyLearner`` its Ray actor, named ``learner-<rank>``.
-W ranks form one torch.distributed group (gloo on CPU, NCCL on GPU). Every rank receives the whole
-``TrainBatch`` (one object-store reference) and an ``Objective`` (``cluster/algo``: GRPO, SFT) and
-trains on its slice; the learner computes the response tokens' logprobs, the objective the loss,
-scaled so that W ranks take exactly the step one rank would take on the whole batch. Rank 0 is the
-send side of the weight broadcast to the rollout engines.
+W ranks form one torch.distributed group (gloo on CPU; on GPUs NCCL, plus gloo for CPU tensors).
+Every rank receives the whole ``TrainBatch`` (one object-store reference) and an ``Objective``
+(``cluster/algo``: GRPO, SFT) and trains on its slice; the learner computes the response tokens'
+logprobs, the objective the loss, scaled so that W ranks take exactly the step one rank would take
+on the whole batch. Rank 0 is the send side of the weight broadcast to the rollout engines. How the
+group forms and the model loads: ``learner_model.py``; checkpoints: ``learner_checkpoint.py``.
 
 With ``LearnerSpec.head == "reward"`` the rank trains a reward model instead: a sequence-classification
 model with one output (its head is new when it starts from a language model), whose per-sequence
@@ -17,14 +18,14 @@ from __future__ import annotations
 
 import math
 import time
-from pathlib import Path
 
 import numpy as np
 import ray
 import torch
 import torch.distributed as dist
-from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
+from actors import learner_checkpoint
+from actors.learner_model import all_reduce, init_group, load_sharded
 from actors.reward_model import last_token_rewards
 from cluster.algo.logprobs import entropy_from_logits, token_logprobs
 from cluster.algo.objective import LossInputs, Objective
@@ -51,13 +52,7 @@ class LearnerRank:
         self.cfg = cfg = spec.config
         self.device = torch.device("cuda", 0) if cfg.gpus_per_rank else torch.device("cpu")
         if not dist.is_initialized():
-            backend = "nccl" if self.device.type == "cuda" else "gloo"
-            dist.init_process_group(
-                backend,
-                init_method=f"tcp://{spec.master_addr}:{spec.master_port}",
-                rank=spec.rank,
-                world_size=spec.world_size,
-            )
+            init_group(self.device, spec.master_addr, spec.master_port, spec.rank, spec.world_size)
         torch.manual_seed(spec.seed + spec.rank)
         # One torch thread per CPU this rank reserved (at least one).
         torch.set_num_threads(max(1, int(cfg.cpus_per_rank)))
@@ -76,42 +71,64 @@ class LearnerRank:
 
     # ------------------------------------------------------------------ model
     def _load_sharded(self, path: str, trainable: bool) -> torch.nn.Module:
-        from torch.distributed.device_mesh import init_device_mesh
-        from transformers import AutoModelForCausalLM
+        """The model at ``path``, sharded over the ranks without a full copy on any GPU (``learner_model``).
+        The trainable policy keeps float32 master weights; the frozen reference is stored in bf16 when the
+        policy computes in bf16 (half the memory, the same logits the policy sees)."""
+        from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
 
+        bf16 = self.cfg.mixed_precision == "bf16"
+        dtype = torch.bfloat16 if bf16 and not trainable else torch.float32
         if self.head == "reward":
-            model = self._load_reward_model(path).to(self.device)
+            config = self._reward_config(path)
+
+            def load_full():
+                return self._load_reward_model(path, config, dtype)
+
+            def build_empty():
+                return AutoModelForSequenceClassification.from_config(
+                    config, dtype=dtype, trust_remote_code=self.trust_remote_code
+                )
         else:
-            model = AutoModelForCausalLM.from_pretrained(
-                path, dtype=torch.float32, trust_remote_code=self.trust_remote_code
-            ).to(self.device)
+            config = AutoConfig.from_pretrained(path, trust_remote_code=self.trust_remote_code)
+
+            def load_full():
+                return AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=self.trust_remote_code)
+
+            def build_empty():
+                return AutoModelForCausalLM.from_config(config, dtype=dtype, trust_remote_code=self.trust_remote_code)
+
+        model = load_sharded(
+            load_full,
+            build_empty,
+            rank=self.rank,
+            device=self.device,
+            world_size=self.world_size,
+            bf16_compute=bf16 and trainable,
+        )
         if trainable and self.cfg.activation_checkpointing:
             model.gradient_checkpointing_enable()
-        mesh = init_device_mesh(self.device.type, (self.world_size,))
-        bf16 = self.cfg.mixed_precision == "bf16"
-        policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 else None
-        kwargs = {"mesh": mesh, **({"mp_policy": policy} if policy else {})}
-        for layer in model.model.layers:
-            fully_shard(layer, **kwargs)
-        fully_shard(model, **kwargs)
         model.train(trainable)
         model.requires_grad_(trainable)
         return model
 
-    def _load_reward_model(self, path: str) -> torch.nn.Module:
-        from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+    def _reward_config(self, path: str):
+        from transformers import AutoConfig, AutoTokenizer
 
         config = AutoConfig.from_pretrained(path, num_labels=1, trust_remote_code=self.trust_remote_code)
         text = config.get_text_config()
         if getattr(text, "pad_token_id", None) is None:  # transformers refuses batches without one
             tokenizer = AutoTokenizer.from_pretrained(self.base_path, trust_remote_code=self.trust_remote_code)
             text.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        # A head new to the checkpoint is drawn from the run's seed, not the rank's: each rank keeps its own
-        # shard of its own copy, and the copies must be one model.
+        return config
+
+    def _load_reward_model(self, path: str, config, dtype: torch.dtype) -> torch.nn.Module:
+        from transformers import AutoModelForSequenceClassification
+
+        # A head new to the checkpoint is drawn from the run's seed: the same model whatever the rank layout.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
             model = AutoModelForSequenceClassification.from_pretrained(
-                path, config=config, dtype=torch.float32, trust_remote_code=self.trust_remote_code
+                path, config=config, dtype=dtype, trust_remote_code=self.trust_remote_code
             )
         model.config.architectures = [type(model).__name__]  # what the checkpoint's config.json says it holds
         return model
@@ -258,7 +275,7 @@ class LearnerRank:
         gradient over micro-batches and ranks is the gradient of the objective's loss on the whole global
         mini-batch. Returns the metrics' weighted sums, their weights and the maxima."""
         token_total = torch.tensor(float(mini.response_lens.sum()))
-        dist.all_reduce(token_total)
+        all_reduce(token_total)
         sums: dict[str, float] = {}
         weights: dict[str, float] = {}
         maxes: dict[str, float] = {}
@@ -266,6 +283,8 @@ class LearnerRank:
         step = max(objective.group_rows, self.cfg.micro_batch_size // objective.group_rows * objective.group_rows)
         for i in range(0, len(mini), step):
             micro = mini.select(slice(i, i + step))
+            # One reduce-scatter per mini-batch (at its last micro-batch) unless every micro-batch must reduce.
+            self.model.set_requires_gradient_sync(self.cfg.grad_sync == "every" or i + step >= len(mini))
             inputs, own = self._loss_inputs(micro, (rows, slice(i, i + step)), old, ref, objective)
             loss, m = objective.loss(inputs)
             (loss * self._loss_scale(micro, mini, token_total, objective)).backward()
@@ -345,20 +364,28 @@ class LearnerRank:
 
     # ------------------------------------------------------------------ weight broadcast
     def init_weight_sync(
-        self, kind: str, rollout_workers: list, master_addr: str, master_port: int, ranks_per_engine: int = 1
+        self,
+        kind: str,
+        rollout_workers: list,
+        master_addr: str,
+        master_port: int,
+        ranks_per_engine: int = 1,
+        dtype: str = "float32",
     ) -> None:
-        from vllm.distributed.weight_transfer.base import ModuleSource
+        """Join the weight-transfer group of ``rollout_workers`` (rank 0 sends); weights travel in ``dtype``,
+        the engines' serving dtype."""
         from vllm.distributed.weight_transfer.factory import WeightTransferTrainerFactory
 
-        from cluster.transfer.fanout import RolloutFanoutClient, trainer_init_info
+        from cluster.transfer.fanout import RolloutFanoutClient, trainer_init_info, transfer_world_size
         from cluster.transfer.gloo import register_vllm_plugin
+        from cluster.transfer.source import CastSource
 
         register_vllm_plugin()
         self.sync_client = RolloutFanoutClient(rollout_workers, ranks_per_engine)
-        world = 1 + len(rollout_workers) * ranks_per_engine
+        world = transfer_world_size(len(rollout_workers), ranks_per_engine)
         info = trainer_init_info(kind, master_addr, master_port, world, self.rank)
         self.weight_sender = WeightTransferTrainerFactory.trainer_init(
-            info, client=self.sync_client, source=ModuleSource(self.model)
+            info, client=self.sync_client, source=CastSource(self.model, getattr(torch, dtype))
         )
 
     def sync_weights(self, version: int) -> dict[str, float]:
@@ -374,55 +401,11 @@ class LearnerRank:
 
     # ------------------------------------------------------------------ checkpoints
     def save_checkpoint(self, path: str) -> None:
-        """Hugging Face weights (safetensors; a reward model's load as sequence classification) plus optimizer,
-        scheduler and RNG state; rank 0 writes."""
-        from torch.distributed.checkpoint.state_dict import (
-            StateDictOptions,
-            get_model_state_dict,
-            get_optimizer_state_dict,
-        )
-
-        opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
-        weights = get_model_state_dict(self.model, options=opts)
-        optim = get_optimizer_state_dict(self.model, self.optimizer, options=opts)
-        rng = [None] * self.world_size
-        dist.all_gather_object(rng, torch.get_rng_state())
-        if self.rank != 0:
-            return
-        from safetensors.torch import save_file
-        from transformers import AutoTokenizer
-
-        out = Path(path)
-        out.mkdir(parents=True, exist_ok=True)
-        config = self.model.config
-        if config.tie_word_embeddings:
-            weights.pop("lm_head.weight", None)
-        save_file({k: v.contiguous() for k, v in weights.items()}, out / "model.safetensors", metadata={"format": "pt"})
-        config.save_pretrained(out)
-        # vLLM takes the EOS ids from generation_config.json: without it a checkpoint may stop differently.
-        generation = getattr(self.model, "generation_config", None)
-        if generation is not None:
-            generation.save_pretrained(out)
-        AutoTokenizer.from_pretrained(self.base_path, trust_remote_code=self.trust_remote_code).save_pretrained(out)
-        torch.save({"optimizer": optim, "scheduler": self.scheduler.state_dict(), "rng": rng}, out / "trainer_state.pt")
+        """The Hugging Face export plus sharded trainer state (``learner_checkpoint``); every rank joins."""
+        learner_checkpoint.save(self, path)
 
     def load_checkpoint(self, path: str) -> None:
-        from safetensors.torch import load_file
-        from torch.distributed.checkpoint.state_dict import (
-            StateDictOptions,
-            set_model_state_dict,
-            set_optimizer_state_dict,
-        )
-
-        opts = StateDictOptions(full_state_dict=True)
-        weights = load_file(Path(path) / "model.safetensors")
-        if self.head == "causal" and self.model.config.tie_word_embeddings:
-            weights["lm_head.weight"] = weights["model.embed_tokens.weight"]
-        set_model_state_dict(self.model, weights, options=opts)
-        state = torch.load(Path(path) / "trainer_state.pt", weights_only=False)
-        set_optimizer_state_dict(self.model, self.optimizer, state["optimizer"], options=opts)
-        self.scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["rng"][self.rank])
+        learner_checkpoint.load(self, path)
 
 
 def _pad_to(x: torch.Tensor, width: int) -> torch.Tensor:
@@ -438,12 +421,12 @@ def _reduce(sums: dict[str, float], weights: dict[str, float], maxes: dict[str, 
     """Weighted means over every rank's micro-batches (one all-reduce) and maxima (another)."""
     keys = sorted(sums)
     totals = torch.tensor([sums[k] for k in keys] + [weights[k] for k in keys], dtype=torch.float64)
-    dist.all_reduce(totals)
+    all_reduce(totals)
     n = len(keys)
     out = {k: (totals[i] / max(totals[n + i].item(), 1e-12)).item() for i, k in enumerate(keys)}
     top = sorted(maxes)
     peaks = torch.tensor([maxes[k] for k in top], dtype=torch.float64)
-    dist.all_reduce(peaks, op=dist.ReduceOp.MAX)
+    all_reduce(peaks, op=dist.ReduceOp.MAX)
     return out | {k: peaks[i].item() for i, k in enumerate(top)}
 
 

@@ -4,6 +4,11 @@
 named ``rollout-<i>``. Weight updates arrive through vLLM's weight-transfer API: the learner's
 ``RolloutFanoutClient`` calls ``init_weight_transfer_engine`` once and then
 ``start_weight_update`` / ``update_weights`` / ``finish_weight_update`` every step.
+
+Tensor parallelism k: the actor holds one bundle of k GPUs on one node and vLLM starts its k workers
+as child processes (``distributed_executor_backend="mp"``); vLLM's Ray executor would refuse a bundle
+of more than one GPU. With ``sleep_mode`` (colocated placement on GPUs) the engine can ``sleep`` while
+its GPU's learner rank trains and ``wake_up`` its weights, then its KV cache.
 """
 
 from __future__ import annotations
@@ -31,10 +36,12 @@ class RolloutEngine:
         enforce_eager: bool = True,
         weight_sync: str | None = "gloo",
         trust_remote_code: bool = False,
+        sleep_mode: bool = False,
     ) -> None:
         from vllm import LLM
         from vllm.config import WeightTransferConfig
 
+        self.sleep_mode, self.asleep = sleep_mode, False
         self.llm = LLM(
             model=model_path,
             dtype=dtype,
@@ -42,6 +49,8 @@ class RolloutEngine:
             max_model_len=max_model_len,
             gpu_memory_utilization=gpu_memory_utilization,
             tensor_parallel_size=tensor_parallel_size,
+            **engine_parallel_args(tensor_parallel_size),
+            enable_sleep_mode=sleep_mode,
             enforce_eager=enforce_eager,
             trust_remote_code=trust_remote_code,
             # Logprobs of the distribution actually sampled from (after temperature), which is
@@ -151,6 +160,19 @@ class RolloutEngine:
         self.policy_version = int(weight_version) if weight_version is not None else self.policy_version + 1
         return self.policy_version
 
+    def sleep(self) -> bool:
+        """Level 1: weights to CPU memory, KV cache dropped; a no-op without sleep mode (CPU). Returns asleep."""
+        if self.sleep_mode and not self.asleep:
+            self.llm.sleep(level=1)
+            self.asleep = True
+        return self.asleep
+
+    def wake_up(self, tags: list[str] | None = None) -> bool:
+        """Re-allocate ``tags`` (``weights``, ``kv_cache``; None: all); returns whether the engine is fully awake."""
+        if self.sleep_mode and self.asleep:
+            self.asleep = not self.llm.wake_up(tags)
+        return not self.asleep
+
     def reseed(self, seed: int) -> None:
         """Seed the sampling generator of every worker of this engine (vLLM draws its random samples from the
         device's default generator when a request has no seed of its own)."""
@@ -161,6 +183,14 @@ class RolloutEngine:
 
     def ready(self) -> bool:
         return True
+
+
+def engine_parallel_args(tensor_parallel_size: int) -> dict[str, Any]:
+    """vLLM's executor for an engine of ``tensor_parallel_size`` GPUs inside one Ray actor: its own worker
+    processes on the actor's GPUs (inside a placement group vLLM would otherwise pick its Ray executor)."""
+    if tensor_parallel_size < 1:
+        raise ValueError(f"tensor_parallel_size must be >= 1, got {tensor_parallel_size}")
+    return {"distributed_executor_backend": "mp"} if tensor_parallel_size > 1 else {}
 
 
 def _to_rollouts(

@@ -280,6 +280,10 @@ class LearnerConfig(Section):
     """Recompute activations in backward to save memory."""
     mixed_precision: Literal["no", "bf16"] = "no"
     """FSDP2 mixed precision (bf16 compute, fp32 master weights); GPU only."""
+    grad_sync: Literal["last", "every"] = "last"
+    """When FSDP2 reduce-scatters gradients: ``last``, once per mini-batch at its last micro-batch (fewer
+    collectives; each rank holds the unsharded gradient, 4 bytes per parameter, between micro-batches) or
+    ``every`` micro-batch (for models whose full gradient does not fit one GPU)."""
 
 
 class ClusterConfig(Section):
@@ -297,8 +301,13 @@ class ClusterConfig(Section):
     stop_grace_s: float = Field(120.0, gt=0.0)
     """After SIGTERM, how long the current step may take to finish before it is abandoned (a checkpoint is
     written when it finishes in time; the last complete one stays either way)."""
-    weight_sync: Literal["auto", "gloo", "nccl"] = "auto"
-    """Weight broadcast backend: ``auto`` picks nccl when learners have GPUs, else gloo."""
+    weight_sync: Literal["auto", "gloo", "nccl", "ipc"] = "auto"
+    """Weight broadcast backend: ``auto`` picks nccl when learners and engines have GPUs of their own, ipc
+    (CUDA IPC handles) when they share GPUs (``placement: colocated``), else gloo."""
+    placement: Literal["split", "colocated"] = "split"
+    """``split``: learner ranks and rollout engines on GPUs of their own. ``colocated``: GPU i holds learner
+    rank i and engine i (needs rollout.num_workers = learner.world_size, one GPU each or CPU only); the engine
+    sleeps while the learner trains (vLLM sleep mode, level 1) and wakes for the weights (ipc) and rollouts."""
 
 
 class WandbConfig(Section):
@@ -362,7 +371,31 @@ class RunConfig(Section):
             self.learner.gpus_per_rank == 0 or self.rollout.gpus_per_worker == 0
         ):
             raise ValueError("cluster.weight_sync 'nccl' needs GPUs on learners and rollout workers")
+        self._check_placement()
         return self
+
+    def _check_placement(self) -> None:
+        colocated = self.cluster.placement == "colocated"
+        if self.cluster.weight_sync == "ipc" and not (colocated and self.learner.gpus_per_rank):
+            raise ValueError("cluster.weight_sync 'ipc' needs cluster.placement 'colocated' on GPUs")
+        if not colocated:
+            return
+        if self.rollout.num_workers != self.learner.world_size:
+            raise ValueError(
+                f"cluster.placement 'colocated' needs rollout.num_workers ({self.rollout.num_workers}) = "
+                f"learner.world_size ({self.learner.world_size}): one engine beside each learner rank"
+            )
+        if self.rollout.gpus_per_worker != self.learner.gpus_per_rank:
+            raise ValueError(
+                f"cluster.placement 'colocated' needs rollout.gpus_per_worker ({self.rollout.gpus_per_worker}) = "
+                f"learner.gpus_per_rank ({self.learner.gpus_per_rank}): an engine shares its rank's GPU"
+            )
+        if self.cluster.weight_sync == "nccl":
+            raise ValueError("cluster.weight_sync 'nccl' cannot connect two processes on one GPU: use ipc (or auto)")
+        if self.grpo.async_rollouts:
+            raise ValueError(
+                "grpo.async_rollouts needs cluster.placement 'split': a colocated engine sleeps while its rank trains"
+            )
 
     @property
     def run_dir(self) -> Path:

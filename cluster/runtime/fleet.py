@@ -24,7 +24,7 @@ from cluster.config import RunConfig
 from cluster.errors import LearnerLost, RunAborted
 from cluster.payloads import LearnerSpec, Rollouts, SamplingSpec, Scores, TrainBatch
 from cluster.runtime.faults import FAULTS
-from cluster.runtime.placement import SCORER_CPUS, Placement, create_placement
+from cluster.runtime.placement import SCORER_CPUS, Placement, actor_options, create_placement
 from cluster.runtime.weight_sync import WeightSync, weight_sync_backend
 from rewards.registry import RowInfo
 from rewards.tags import last_block
@@ -56,6 +56,9 @@ def rollout_env(cfg: RunConfig) -> dict[str, str]:
     in_actor = cfg.rollout.engine_in_actor
     if in_actor is None:
         in_actor = cfg.rollout.gpus_per_worker == 0
+    if weight_sync_backend(cfg) == "ipc":
+        # CUDA IPC handles reach vLLM's workers through its RPC serialisation, which pickles them only when allowed.
+        env["VLLM_ALLOW_INSECURE_SERIALIZATION"] = "1"
     if in_actor:
         env["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
         # The model runs in this process: one thread per CPU the actor reserved (at least one).
@@ -162,7 +165,14 @@ class Fleet:
         ray.get([w.ready.remote() for w in [*self.rollouts, *self.reward_models.values()]])
         if rollouts and learners:
             tp = max(1, cfg.rollout.gpus_per_worker)
-            self.weights = WeightSync(self.learners, self.rollouts, weight_sync_backend(cfg), ranks_per_engine=tp)
+            self.weights = WeightSync(
+                self.learners,
+                self.rollouts,
+                weight_sync_backend(cfg),
+                ranks_per_engine=tp,
+                dtype=cfg.model.dtype,
+                colocated=cfg.cluster.placement == "colocated",
+            )
             self.weights.connect(*self._rank0_address())
         self.faults.record(self._named())
 
@@ -240,10 +250,7 @@ class Fleet:
         cfg = self.cfg
         return RolloutWorker.options(
             name=f"rollout-{index}",
-            num_cpus=cfg.rollout.cpus_per_worker,
-            num_gpus=cfg.rollout.gpus_per_worker,
-            resources=cfg.rollout.resources or None,
-            scheduling_strategy=self.placement.rollout_slot(index),
+            **actor_options(cfg, self.placement, "rollout", index),
             runtime_env={"env_vars": rollout_env(cfg)},
         ).remote(
             model_path,
@@ -255,6 +262,7 @@ class Fleet:
             enforce_eager=cfg.rollout.enforce_eager,
             weight_sync=weight_sync_backend(cfg),
             trust_remote_code=cfg.model.trust_remote_code,
+            sleep_mode=cfg.cluster.placement == "colocated" and cfg.rollout.gpus_per_worker > 0,
         )
 
     def _reward_model(self, name: str, spec):
@@ -287,10 +295,7 @@ class Fleet:
         return [
             PolicyLearner.options(
                 name=f"learner-{spec.rank}",
-                num_cpus=cfg.learner.cpus_per_rank,
-                num_gpus=cfg.learner.gpus_per_rank,
-                resources=cfg.learner.resources or None,
-                scheduling_strategy=self.placement.learner_slot(spec.rank),
+                **actor_options(cfg, self.placement, "learner", spec.rank),
                 runtime_env={"env_vars": actor_env()},
             ).remote(spec)
             for spec in specs
@@ -303,6 +308,8 @@ class Fleet:
         """``group_size`` completions per prompt, split over the rollout workers. ``seed``: a key (e.g. the
         prompt stream's position) from which every worker's generator is re-seeded first, so the samples are a
         function of (run seed, key, prompts) and not of what the engines sampled before."""
+        if self.weights is not None:
+            self.weights.wake_engines()  # colocated engines sleep from a train() to the next push
         parts = _split(len(prompt_ids), len(self.rollouts))
         workers = self.rollouts[: len(parts)]
         seeds = [None if seed is None else derive_seed(self.cfg.rollout.seed, i, seed) for i in range(len(parts))]
@@ -333,6 +340,8 @@ class Fleet:
 
     def train(self, batch: TrainBatch, objective: Objective) -> dict[str, float]:
         ref = ray.put(batch)
+        if self.weights is not None:
+            self.weights.sleep_engines()
         self.faults.at("train")
         calls = [learner.train_step.remote(ref, objective) for learner in self.learners]
         return self._learner_results(calls)[0]

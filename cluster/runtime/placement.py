@@ -1,8 +1,12 @@
 """Actor placement: one placement group per role, from the run's config.
 
-Learner ranks are packed (they all-gather parameters every step); rollout workers are spread
-(they are independent). Custom resources in the config (``rollout: 1``, ``learner: 1``) let the
-autoscaler launch the right node type. The same code runs on one laptop and on a GPU cluster.
+``cluster.placement: split`` (the default): learner ranks in one group, packed (PACK: onto as few
+nodes as hold them, spilling over when one node is too small; they all-gather parameters every step),
+rollout engines in another, spread (they are independent). An engine with tensor parallelism k holds
+one bundle of k GPUs (a bundle never spans nodes) and vLLM starts its k workers itself.
+``colocated``: one group whose bundle i holds learner rank i and engine i, sharing its GPU (each actor
+asks for half of it). Custom resources in the config (``rollout: 1``, ``learner: 1``) let the autoscaler
+launch the right node type. The same code runs on one laptop and on a GPU cluster.
 """
 
 from __future__ import annotations
@@ -14,6 +18,11 @@ from ray.util.placement_group import PlacementGroup, placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from cluster.config import RunConfig
+
+LEARNER_STRATEGY = "PACK"
+ROLLOUT_STRATEGY = "SPREAD"
+COLOCATED_GPU_SHARE = 0.5
+"""What each of the two actors on a colocated GPU asks for (Ray gives both that GPU's CUDA_VISIBLE_DEVICES)."""
 
 
 @dataclass
@@ -29,13 +38,52 @@ class Placement:
         return PlacementGroupSchedulingStrategy(self.learner, placement_group_bundle_index=rank)
 
     def remove(self) -> None:
-        for group in (self.rollout, self.learner):
-            if group is not None:
-                ray.util.remove_placement_group(group)
+        for group in {id(g): g for g in (self.rollout, self.learner) if g is not None}.values():
+            ray.util.remove_placement_group(group)
 
 
 def _bundle(cpus: float, gpus: int, resources: dict[str, float]) -> dict[str, float]:
     return {"CPU": cpus, **({"GPU": gpus} if gpus else {}), **resources}
+
+
+def rollout_bundles(cfg: RunConfig) -> list[dict[str, float]]:
+    """One bundle per engine: its CPUs, its tensor-parallel GPUs, its custom resources."""
+    r = cfg.rollout
+    return [_bundle(r.cpus_per_worker, r.gpus_per_worker, r.resources)] * r.num_workers
+
+
+def learner_bundles(cfg: RunConfig) -> list[dict[str, float]]:
+    lc = cfg.learner
+    return [_bundle(lc.cpus_per_rank, lc.gpus_per_rank, lc.resources)] * lc.world_size
+
+
+def colocated_bundles(cfg: RunConfig) -> list[dict[str, float]]:
+    """Bundle i: learner rank i and engine i on one GPU (or CPU only), their CPUs and resources summed."""
+    r, lc = cfg.rollout, cfg.learner
+    resources = dict(lc.resources)
+    for key, value in r.resources.items():
+        resources[key] = resources.get(key, 0.0) + value
+    return [_bundle(lc.cpus_per_rank + r.cpus_per_worker, lc.gpus_per_rank, resources)] * lc.world_size
+
+
+def gpu_share(cfg: RunConfig, role: str) -> float:
+    """GPUs the actor of ``role`` (``rollout`` or ``learner``) asks for inside its bundle."""
+    if role not in ("rollout", "learner"):
+        raise ValueError(f"unknown role {role!r}: expected 'rollout' or 'learner'")
+    gpus = cfg.rollout.gpus_per_worker if role == "rollout" else cfg.learner.gpus_per_rank
+    return gpus * COLOCATED_GPU_SHARE if cfg.cluster.placement == "colocated" else float(gpus)
+
+
+def actor_options(cfg: RunConfig, placement: Placement, role: str, index: int) -> dict:
+    """Ray options placing rollout engine (or learner rank) ``index`` in its bundle."""
+    section = cfg.rollout if role == "rollout" else cfg.learner
+    slot = placement.rollout_slot(index) if role == "rollout" else placement.learner_slot(index)
+    return {
+        "num_cpus": cfg.rollout.cpus_per_worker if role == "rollout" else cfg.learner.cpus_per_rank,
+        "num_gpus": gpu_share(cfg, role),
+        "resources": section.resources or None,
+        "scheduling_strategy": slot,
+    }
 
 
 def required_cpus(cfg: RunConfig) -> float:
@@ -56,34 +104,34 @@ def create_placement(
 ) -> Placement:
     """Reserve the bundles of the roles asked for; fails with a clear message if the cluster cannot provide them."""
     rollout = learner = None
+    if cfg.cluster.placement == "colocated" and rollouts and learners:
+        shared = placement_group(colocated_bundles(cfg), strategy=LEARNER_STRATEGY, name=f"{cfg.name}-colocated")
+        return _wait(cfg, Placement(shared, shared), timeout_s)
     if rollouts:
-        rollout = placement_group(
-            [_bundle(cfg.rollout.cpus_per_worker, cfg.rollout.gpus_per_worker, cfg.rollout.resources)]
-            * cfg.rollout.num_workers,
-            strategy="SPREAD",
-            name=f"{cfg.name}-rollout",
-        )
+        rollout = placement_group(rollout_bundles(cfg), strategy=ROLLOUT_STRATEGY, name=f"{cfg.name}-rollout")
     if learners:
-        learner = placement_group(
-            [_bundle(cfg.learner.cpus_per_rank, cfg.learner.gpus_per_rank, cfg.learner.resources)]
-            * cfg.learner.world_size,
-            strategy="PACK",
-            name=f"{cfg.name}-learner",
-        )
-    groups = [g for g in (rollout, learner) if g is not None]
+        learner = placement_group(learner_bundles(cfg), strategy=LEARNER_STRATEGY, name=f"{cfg.name}-learner")
+    return _wait(cfg, Placement(rollout, learner), timeout_s)
+
+
+def _wait(cfg: RunConfig, placement: Placement, timeout_s: float) -> Placement:
+    rollout, learner = placement.rollout, placement.learner
+    groups = list({id(g): g for g in (rollout, learner) if g is not None}.values())
     if not groups:
-        return Placement(None, None)
+        return placement
     ready, _ = ray.wait([g.ready() for g in groups], num_returns=len(groups), timeout=timeout_s)
     if len(ready) < len(groups):
         for group in groups:  # else the autoscaler keeps asking for nodes for them
             ray.util.remove_placement_group(group)
         needs = []
-        if rollout is not None:
+        if rollout is learner:
+            needs.append(f"{cfg.learner.world_size} x {rollout.bundle_specs[0]} for colocated learner + rollout")
+        elif rollout is not None:
             needs.append(f"{cfg.rollout.num_workers} x {rollout.bundle_specs[0]} for rollout")
-        if learner is not None:
+        if learner is not None and learner is not rollout:
             needs.append(f"{cfg.learner.world_size} x {learner.bundle_specs[0]} for the learner")
         raise RuntimeError(
             f"the Ray cluster could not place the run's actors within {timeout_s:.0f} s: it needs "
             f"{' and '.join(needs)}; available: {ray.available_resources()}"
         )
-    return Placement(rollout, learner)
+    return placement

@@ -1,0 +1,125 @@
+"""How a learner rank joins its process group and builds its sharded model without holding a full copy on GPU.
+
+``group_backend`` is the torch.distributed backend of a learner group: ``gloo`` on CPU and
+``cpu:gloo,cuda:nccl`` on GPUs, so the small CPU tensors the learner all-reduces (token counts,
+metric sums) go through gloo while FSDP2's collectives run on NCCL. ``all_reduce`` refuses a tensor on a
+device the group has no backend for (the error NCCL alone would give at the first GPU step), so the
+CPU tests catch it.
+
+``load_sharded`` is the memory-safe load: rank 0 reads the checkpoint into CPU memory, every rank builds
+the model on the meta device, FSDP2 shards it, each rank allocates only its shards on its device, and
+``set_model_state_dict(..., broadcast_from_rank0=True)`` streams rank 0's tensors into them one at a time.
+Buffers (rotary frequencies are not in the state dict) are broadcast from rank 0 too.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+MIXED_BACKEND = "cpu:gloo,cuda:nccl"
+
+
+def group_backend(device_type: str) -> str:
+    """The learner group's backend for ranks on ``device_type`` (``cpu`` or ``cuda``)."""
+    if device_type == "cuda":
+        return MIXED_BACKEND
+    if device_type == "cpu":
+        return "gloo"
+    raise ValueError(f"learner ranks run on cpu or cuda, not {device_type!r}")
+
+
+def backend_devices(config: str) -> set[str]:
+    """Device types a backend configuration (``dist.get_backend_config()``: ``gloo``, ``nccl``,
+    ``cpu:gloo,cuda:nccl``) can run collectives on."""
+    devices = set()
+    for part in config.replace(" ", "").lower().split(","):
+        if ":" in part:
+            devices.add(part.split(":", 1)[0])
+        elif part == "nccl":
+            devices.add("cuda")
+        elif part == "gloo":
+            devices |= {"cpu", "cuda"}
+        elif part:
+            raise ValueError(f"unknown backend {part!r} in {config!r}")
+    return devices
+
+
+def check_collective_device(tensor: torch.Tensor, config: str) -> None:
+    """Raise if a collective on ``tensor`` would fail in a group with backend configuration ``config``."""
+    if tensor.device.type not in backend_devices(config):
+        raise RuntimeError(
+            f"collective on a {tensor.device.type} tensor in a {config!r} group: no backend serves that device"
+        )
+
+
+def all_reduce(tensor: torch.Tensor, op=dist.ReduceOp.SUM) -> None:
+    """``dist.all_reduce`` over the default group, after checking the group can serve the tensor's device."""
+    check_collective_device(tensor, dist.get_backend_config())
+    dist.all_reduce(tensor, op=op)
+
+
+def init_group(device: torch.device, master_addr: str, master_port: int, rank: int, world_size: int) -> None:
+    kwargs = {}
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+        kwargs["device_id"] = device  # binds NCCL to this GPU at once (eager init)
+    dist.init_process_group(
+        group_backend(device.type),
+        init_method=f"tcp://{master_addr}:{master_port}",
+        rank=rank,
+        world_size=world_size,
+        **kwargs,
+    )
+
+
+def shard(model: torch.nn.Module, device: torch.device, world_size: int, bf16_compute: bool) -> None:
+    """FSDP2 over every decoder layer and the root (bf16 compute with float32 reductions if asked)."""
+    from torch.distributed.device_mesh import init_device_mesh
+
+    mesh = init_device_mesh(device.type, (world_size,))
+    policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16_compute else None
+    kwargs = {"mesh": mesh, **({"mp_policy": policy} if policy else {})}
+    for layer in _decoder_layers(model):
+        fully_shard(layer, **kwargs)
+    fully_shard(model, **kwargs)
+
+
+def _decoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
+    base = getattr(model, model.base_model_prefix, model)
+    layers = getattr(base, "layers", None)
+    if layers is None:
+        raise ValueError(f"{type(model).__name__}: no decoder layers at {model.base_model_prefix}.layers to shard")
+    return layers
+
+
+def load_sharded(
+    load_full, build_empty, *, rank: int, device: torch.device, world_size: int, bf16_compute: bool
+) -> torch.nn.Module:
+    """A sharded model on ``device`` whose weights are rank 0's ``load_full()`` (a model in CPU memory);
+    ``build_empty()`` builds the same architecture (called under the meta device on every rank)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    full = load_full() if rank == 0 else None
+    with torch.device("meta"):
+        model = build_empty()
+    shard(model, device, world_size, bf16_compute)
+    model.to_empty(device=device)
+    state = full.state_dict() if full is not None else {}
+    set_model_state_dict(
+        model, state, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True, strict=True)
+    )
+    # Non-persistent buffers (rotary inv_freq) are not in the state dict: to_empty left them uninitialised.
+    source = dict(full.named_buffers()) if full is not None else {}
+    for name, buffer in model.named_buffers():
+        if rank == 0:
+            buffer.copy_(source[name])
+        if world_size > 1:
+            check_collective_device(buffer, dist.get_backend_config())
+            dist.broadcast(buffer, src=0)
+    if full is not None:  # what rank 0 writes into checkpoints: the loaded config, not a rebuilt one
+        model.config = full.config
+        model.generation_config = getattr(full, "generation_config", None)
+    del full, state
+    return model
