@@ -84,7 +84,11 @@ class MetricsLogger:
     def close(self) -> None:
         self.tb.close()
         if self.wandb is not None:
+            import wandb
+
             self.wandb.finish()
+            # finish() can return before wandb's service has written the run's file; teardown waits for it.
+            wandb.teardown()
 
 
 def start_wandb(settings: WandbConfig, run_dir: Path, run_name: str, config: dict):
