@@ -31,6 +31,7 @@ import torch
 from cluster.algo.logprobs import token_logprobs
 from cluster.algo.sft import sft_loss
 from cluster.data.tasks import AdditionTask, Example
+from cluster.progress import track
 
 logger = logging.getLogger(__name__)
 
@@ -229,7 +230,7 @@ def pretrain(model, tok, task: AdditionTask, recipe: PretrainRecipe) -> float:
     opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr)
     loss = torch.tensor(float("nan"))
     started = time.perf_counter()
-    for step in range(recipe.steps):
+    for step in track(range(recipe.steps), "pre-training the builtin model"):
         for group in opt.param_groups:
             group["lr"] = recipe.lr_at(step)
         examples = [task.sample(rng) for _ in range(recipe.batch)]

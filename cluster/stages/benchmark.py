@@ -22,6 +22,7 @@ from cluster.data.prompts import PromptFormat, load_problems, reward_info
 from cluster.data.tasks import BUILTIN_TASKS, AdditionTask, Example
 from cluster.errors import DataError
 from cluster.payloads import SamplingSpec
+from cluster.progress import reports_progress
 from cluster.stages.common import resolve_model, write_json
 from rewards.language import consistency_reward
 from rewards.tags import last_block
@@ -77,6 +78,7 @@ def _powers_of_two(n: int) -> list[int]:
     return [2**i for i in range(n.bit_length()) if 2**i <= n] + ([n] if n & (n - 1) else [])
 
 
+@reports_progress("eval report")
 def run_eval(cfg: RunConfig, out: Path | None = None) -> dict:
     from transformers import AutoTokenizer
 

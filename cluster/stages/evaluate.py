@@ -17,6 +17,7 @@ from cluster.algo.passk import majority_answer, mean_pass_at_k
 from cluster.config import RunConfig
 from cluster.data.prompts import Prompts, reward_info
 from cluster.payloads import Rollouts, Scores
+from cluster.progress import reports_progress
 from cluster.stages.common import sampling_spec
 from rewards.language import chain_of_thought
 from rewards.tags import last_block
@@ -73,6 +74,7 @@ def mean_or_none(values: np.ndarray) -> float | None:
     return float(values.mean()) if values.size else None
 
 
+@reports_progress("eval")
 def evaluate(fleet, prompts: Prompts, cfg: RunConfig, step: int) -> EvalResult:
     n = cfg.data.eval_samples
     sampled = fleet.generate(prompts.eval_ids, n, sampling_spec(cfg, "eval"), seed=f"eval/{step}")

@@ -19,6 +19,7 @@ from cluster.algo.pairwise import PairwiseObjective, pairwise_metrics
 from cluster.config import RunConfig
 from cluster.data.pairs import Pair, epoch_pair_batches, load_pairs, pair_batch
 from cluster.errors import DataError, Stopped
+from cluster.progress import track
 from cluster.runtime.metrics import MetricsLogger
 from cluster.stages import checkpoint
 from cluster.stages.common import check_batches, every, hold_out, open_run, write_json
@@ -69,7 +70,7 @@ def run_rm(cfg: RunConfig, resume: bool = False) -> dict:
             print(f"held-out before RM training: {_text(evals[-1])}", flush=True)
         log = MetricsLogger.of_run(cfg, resume_step=done)
         began = time.perf_counter()
-        for step in range(done + 1, len(plan) + 1):
+        for step in track(range(done + 1, len(plan) + 1), "rm", already=done):
             started = time.perf_counter()
             metrics = fleet.train(pair_batch([pairs[i] for i in plan[step - 1]]), objective)
             row = {"step": step, "epoch": (step - 1) * cfg.rm.epochs // len(plan), **metrics}

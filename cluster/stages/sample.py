@@ -24,6 +24,7 @@ from cluster.data.prompts import Prompts, reward_info
 from cluster.data.tasks import Example, read_rows
 from cluster.errors import DataError, Stopped
 from cluster.payloads import Rollouts, SamplingSpec, Scores
+from cluster.progress import track
 from cluster.stages.common import open_run, write_json
 from cluster.stages.stopping import STOP
 from rewards.language import consistency_reward
@@ -131,7 +132,7 @@ def run_sample(cfg: RunConfig, resume: bool = False) -> dict:
     began = time.perf_counter()
     fleet = Fleet(cfg, start.base_model, start.base_model, learners=False)
     try:
-        for c, first in enumerate(range(0, len(examples), CHUNK_PROMPTS)):
+        for c, first in track(list(enumerate(range(0, len(examples), CHUNK_PROMPTS))), "sample", unit="chunks"):
             done = chunks / f"chunk-{c:05d}.json"
             if done.is_file():
                 continue  # written by an interrupted run of this stage

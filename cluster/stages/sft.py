@@ -16,6 +16,7 @@ from cluster.algo.sft import SFTObjective
 from cluster.config import RunConfig
 from cluster.data.sft_data import SFTRow, epoch_batches, load_sft_rows, sft_batch
 from cluster.errors import DataError, Stopped
+from cluster.progress import track
 from cluster.runtime.metrics import MetricsLogger
 from cluster.stages import checkpoint
 from cluster.stages.common import check_batches, every, hold_out, open_run, write_json
@@ -81,7 +82,7 @@ def run_sft(cfg: RunConfig, resume: bool = False) -> dict:
             print(f"eval before SFT: {evals[-1].text()}", flush=True)
         log = MetricsLogger.of_run(cfg, resume_step=done)
         began = time.perf_counter()
-        for step in range(done + 1, len(plan) + 1):
+        for step in track(range(done + 1, len(plan) + 1), "sft", already=done):
             started = time.perf_counter()
             batch = sft_batch([rows[i] for i in plan[step - 1]])
             metrics = fleet.train(batch, objective)
