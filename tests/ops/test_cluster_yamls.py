@@ -157,3 +157,83 @@ def test_fake_multinode_config_matches_the_fake_provider():
     # Without it every fake node reports 127.0.0.1 and idle nodes are never removed.
     assert config["provider"]["use_node_id_as_ip"] is True
     assert all("GPU" not in t["resources"] for t in config["available_node_types"].values())
+
+
+# ---------------------------------------------------------------- shared storage, token auth, packing
+GPU_CONFIG = CLUSTER_DIR.parent / "configs" / "cluster-gpu.yaml"
+SHIPPED_GPU = ["aws.yaml", "gcp.yaml", "kuberay-rayjob.yaml"]
+
+
+def config_paths() -> list[str]:
+    """Every filesystem path the shipped GPU experiment reads or writes (after the RayJob's overrides)."""
+    cfg = yaml.safe_load(GPU_CONFIG.read_text())
+    return [cfg["output_dir"], cfg["model"]["path"], cfg["data"]["train"], cfg["data"]["eval"]]
+
+
+def container_mounts(name: str) -> list[set[str]]:
+    """Per Ray container (VM clusters: one image everywhere; KubeRay: each pod template), the paths under
+    which the shared volume is visible."""
+    path = CLUSTER_DIR / name
+    if is_kuberay(path):
+        (rayjob,) = rayjobs(path)
+        spec = rayjob["spec"]["rayClusterSpec"]
+        templates = [spec["headGroupSpec"]["template"]] + [g["template"] for g in spec["workerGroupSpecs"]]
+        mounts = []
+        for template in templates:
+            shared = {v["name"] for v in template["spec"]["volumes"] if "persistentVolumeClaim" in v}
+            (container,) = template["spec"]["containers"]
+            mounts.append({m["mountPath"] for m in container["volumeMounts"] if m["name"] in shared})
+        return mounts
+    (config,) = load_docs(path)
+    volumes = set()
+    for option in config["docker"]["run_options"]:
+        flag, _, value = option.partition(" ")
+        if flag in ("-v", "--volume"):
+            host, container = value.split(":")[:2]
+            assert any(host in cmd for cmd in config["initialization_commands"]), f"{host} is not mounted on the host"
+            volumes.add(container)
+    return [volumes]
+
+
+def _under(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip("/") + "/")
+
+
+@pytest.mark.parametrize("name", SHIPPED_GPU)
+def test_the_experiments_paths_are_on_the_shared_volume_in_every_container(name):
+    for mounts in container_mounts(name):
+        assert mounts, f"{name}: a Ray container without the shared volume"
+        for path in config_paths():
+            assert any(_under(path, m) for m in mounts), f"{name}: {path} is outside the shared mounts {mounts}"
+    if is_kuberay(CLUSTER_DIR / name):
+        (rayjob,) = rayjobs(CLUSTER_DIR / name)
+        assert "output_dir=" not in rayjob["spec"]["entrypoint"], "the config's output_dir is the one on the volume"
+
+
+@pytest.mark.parametrize("name", SHIPPED_GPU)
+def test_token_auth_is_on_in_every_shipped_cluster_file(name):
+    path = CLUSTER_DIR / name
+    if is_kuberay(path):
+        (rayjob,) = rayjobs(path)
+        assert rayjob["spec"]["rayClusterSpec"]["authOptions"]["mode"] == "token"
+        return
+    (config,) = load_docs(path)
+    starts = [c for c in config["head_start_ray_commands"] + config["worker_start_ray_commands"] if "ray start" in c]
+    assert len(starts) == 2 and all("RAY_AUTH_MODE=token ray start" in c for c in starts)
+    assert "--env RAY_AUTH_MODE=token" in config["docker"]["run_options"], "ray exec / the driver need it too"
+    assert "/home/ray/.ray/auth_token" in config["file_mounts"], "every node needs the token file"
+
+
+def test_the_fake_multinode_rehearsal_is_the_one_file_without_token_auth():
+    text = (CLUSTER_DIR / "local-fake-multinode.yaml").read_text()
+    assert "RAY_AUTH_MODE=disabled" in text and "127.0.0.1" in text  # loopback only, by hand, on one machine
+
+
+@pytest.mark.parametrize("path", YAMLS, ids=lambda p: p.name)
+def test_comments_name_the_packing_strategy_the_code_uses(path):
+    from cluster.runtime.placement import LEARNER_STRATEGY
+
+    text = path.read_text()
+    for strategy in ("STRICT_PACK", "STRICT_SPREAD"):
+        if strategy != LEARNER_STRATEGY:
+            assert strategy not in text, f"{path.name} promises {strategy}; learners are placed with {LEARNER_STRATEGY}"
