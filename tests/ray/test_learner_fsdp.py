@@ -124,3 +124,57 @@ def test_gradient_equals_the_full_batch_gradient_in_every_layout(ray_cluster, ti
             np.testing.assert_allclose(
                 grads[name], want[name], atol=1e-5 * scale, rtol=1e-4, err_msg=f"{objective}: {name}"
             )
+
+
+# ---------------------------------------------------------------- memory-safe loading and sharded resume
+def _plain_logprobs(model_path, batch: TrainBatch) -> np.ndarray:
+    """The response tokens' logprobs of the checkpoint loaded plainly by transformers (no FSDP)."""
+    from transformers import AutoModelForCausalLM
+
+    from cluster.algo.logprobs import token_logprobs
+
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+    table = np.zeros((len(batch), batch.max_response_len), dtype=np.float32)
+    with torch.no_grad():
+        for i, (ids, p, r) in enumerate(zip(batch.input_ids, batch.prompt_lens, batch.response_lens, strict=True)):
+            seq = torch.tensor(ids[: p + r])[None]
+            logits = model(input_ids=seq).logits[0, p - 1 : p + r - 1]
+            table[i, :r] = token_logprobs(logits[None], seq[:, p : p + r])[0].numpy()
+    return table
+
+
+def test_rank0_load_at_world_size_two_and_sharded_resume(ray_cluster, tied_model, tmp_path):
+    """Two ranks build the model on the meta device and take rank 0's weights by broadcast: their logprobs are
+    the plain model's (buffers such as rotary frequencies included). A checkpoint's sharded trainer state (one
+    DCP shard per rank) resumes to exactly the step the uninterrupted ranks take next."""
+    cfg = LearnerConfig(world_size=2, lr=1e-3, micro_batch_size=2, grad_clip=1e9)
+    objective = GRPOObjective(kl_coef=0.0, loss_agg="seq-mean-token-mean")
+    first, second = ray.put(_batch(seed=0)), ray.put(_batch(seed=1))
+    ranks = start_ranks(tied_model, cfg, optimizer_steps=2)
+    try:
+        probe = _batch(seed=5)
+        got = ray.get([r.compute_logprobs.remote(probe, temperature=1.0) for r in ranks])
+        np.testing.assert_allclose(got[0], _plain_logprobs(tied_model, probe), atol=1e-5)
+        np.testing.assert_array_equal(got[0], got[1])
+        ray.get([r.train_step.remote(first, objective) for r in ranks])
+        ray.get([r.save_checkpoint.remote(str(tmp_path / "ck")) for r in ranks])
+        straight = ray.get([r.train_step.remote(second, objective) for r in ranks])[0]
+        ray.get([r.save_checkpoint.remote(str(tmp_path / "straight")) for r in ranks])
+    finally:
+        for r in ranks:
+            ray.kill(r)
+    shards = sorted(p.name for p in (tmp_path / "ck" / "trainer_state").iterdir())
+    assert shards == [".metadata", "__0_0.distcp", "__1_0.distcp"]
+
+    ranks = start_ranks(tied_model, cfg, optimizer_steps=2)
+    try:
+        ray.get([r.load_checkpoint.remote(str(tmp_path / "ck")) for r in ranks])
+        resumed = ray.get([r.train_step.remote(second, objective) for r in ranks])[0]
+        ray.get([r.save_checkpoint.remote(str(tmp_path / "resumed")) for r in ranks])
+    finally:
+        for r in ranks:
+            ray.kill(r)
+    assert resumed["grad_norm"] == pytest.approx(straight["grad_norm"], rel=1e-6)
+    a, b = load_file(tmp_path / "straight" / "model.safetensors"), load_file(tmp_path / "resumed" / "model.safetensors")
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=0, rtol=0, msg=lambda m, key=key: f"{key}: {m}")
