@@ -147,3 +147,35 @@ def test_tensorboard_without_events_is_one_line(tmp_path, make, message):
     )
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and message in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("name", ["aws.yaml", "gcp.yaml"])
+def test_cloud_heads_start_with_the_env_of_the_monitor_they_run(name):
+    config = yaml.safe_load((REPO_ROOT / "deploy" / "cluster" / name).read_text())
+    start = " ".join(config["head_start_ray_commands"])
+    defaults = [
+        monitor.Server(name="prometheus", pid=0, url="http://127.0.0.1:9090", started_at=""),
+        monitor.Server(name="grafana", pid=0, url="http://127.0.0.1:3000", started_at=""),
+    ]
+    head = next(cmd for cmd in config["head_start_ray_commands"] if "ray start --head" in cmd)
+    for key, value in monitor.dashboard_env(defaults).items():
+        assert key == "RAY_PROMETHEUS_NAME" or f"{key}={value}" in head, key
+    assert start.index("ray start --head") < start.index("r1ray monitor --prometheus")
+    setup = " ".join(config["head_setup_commands"])
+    assert "-C ~/monitoring/prometheus" in setup and "-C ~/monitoring/grafana" in setup
+
+
+def test_kuberay_head_names_the_services_the_monitors_feed():
+    rayjob = list(yaml.safe_load_all((REPO_ROOT / "deploy" / "cluster" / "kuberay-rayjob.yaml").read_text()))
+    (job,) = [d for d in rayjob if d["kind"] == "RayJob"]
+    head = job["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e["value"] for e in head["env"]}
+    monitors = list(yaml.safe_load_all((MONITORING / "kuberay-monitors.yaml").read_text()))
+    (namespace,) = {m["metadata"]["namespace"] for m in monitors}
+    release = {m["metadata"]["labels"]["release"] for m in monitors}.pop()
+    assert env["RAY_PROMETHEUS_HOST"] == f"http://{release}-kube-prometheus-prometheus.{namespace}.svc:9090"
+    assert env["RAY_GRAFANA_HOST"] == f"http://{release}-grafana.{namespace}.svc:80"
+    assert all(m["spec"]["namespaceSelector"]["matchNames"] == [job["metadata"]["namespace"]] for m in monitors)
+    assert {"containerPort": 8080, "name": "metrics"} in head["ports"]
+    values = yaml.safe_load((MONITORING / "kube-prometheus-stack-values.yaml").read_text())
+    assert values["grafana"]["grafana.ini"]["security"]["allow_embedding"] is True
