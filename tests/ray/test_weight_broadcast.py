@@ -21,9 +21,10 @@ from cluster.stages.rl import grpo_objective
 pytestmark = pytest.mark.ray
 
 
-def _config(world_size: int, workers: int, engine_in_actor: bool) -> RunConfig:
+def _config(world_size: int, workers: int, engine_in_actor: bool, placement: str = "split") -> RunConfig:
     return RunConfig.model_validate(
         {
+            "cluster": {"placement": placement},
             "model": {"max_prompt_len": 32, "max_response_len": 16},
             "rollout": {"num_workers": workers, "stop": [], "engine_in_actor": engine_in_actor},
             "learner": {"world_size": world_size, "lr": 1e-2, "micro_batch_size": 8},
@@ -56,8 +57,8 @@ def _learner_logprobs(fleet: Fleet, batch: TrainBatch) -> np.ndarray:
     return ray.get([learner.compute_logprobs.remote(batch, temperature=1.0) for learner in fleet.learners])[0]
 
 
-def _run_chain(model_path, world_size: int, workers: int, engine_in_actor: bool):
-    cfg = _config(world_size, workers, engine_in_actor)
+def _run_chain(model_path, world_size: int, workers: int, engine_in_actor: bool, placement: str = "split"):
+    cfg = _config(world_size, workers, engine_in_actor, placement)
     fleet = Fleet(cfg, str(model_path), str(model_path), optimizer_steps=2, reference=True)
     try:
         tok = build_tokenizer()
@@ -89,6 +90,7 @@ def _run_chain(model_path, world_size: int, workers: int, engine_in_actor: bool)
         assert ray.get([w.get_policy_version.remote() for w in fleet.rollouts]) == [1] * workers
         again = fleet.generate(prompts, 4, SamplingSpec(max_tokens=16))
         assert again.policy_version == 1
+        return fleet.placement
     finally:
         fleet.shutdown()
 
@@ -102,3 +104,11 @@ def test_broadcast_untied_model_engine_in_child_processes(ray_cluster, untied_mo
     # The GPU default: vLLM's engine-core and worker processes under the actor; the weights reach the
     # worker process through the same API.
     _run_chain(untied_model, world_size=1, workers=1, engine_in_actor=False)
+
+
+def test_colocated_engine_beside_its_rank(ray_cluster, tied_model):
+    # cluster.placement colocated on CPU: one placement group whose bundle holds learner rank 0 and engine 0,
+    # the engine's sleep/wake calls around training (no-ops without vLLM sleep mode), the gloo transfer.
+    placement = _run_chain(tied_model, world_size=1, workers=1, engine_in_actor=True, placement="colocated")
+    assert placement.rollout is placement.learner
+    assert placement.learner.bundle_specs == [{"CPU": 2.0}]
