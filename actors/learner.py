@@ -399,6 +399,10 @@ class LearnerRank:
             "time/weight_receive_s": self.sync_client.last_receive_s,
         }
 
+    def peak_memory_gb(self) -> float:
+        """Peak GPU memory this rank allocated so far, GiB (0 on CPU)."""
+        return torch.cuda.max_memory_allocated(self.device) / 2**30 if self.device.type == "cuda" else 0.0
+
     # ------------------------------------------------------------------ checkpoints
     def save_checkpoint(self, path: str) -> None:
         """The Hugging Face export plus sharded trainer state (``learner_checkpoint``); every rank joins."""
