@@ -7,7 +7,7 @@ STAMP := $(VENV)/.r1ray-installed
 # Token auth is on by default for a local Ray 2.60 cluster; the demo's dashboard listens on 127.0.0.1 only.
 export RAY_AUTH_MODE ?= disabled
 
-.PHONY: install prometheus demo demo-drgrpo test test-fast lint install-gpu gpu-test gpu-check clean
+.PHONY: install prometheus demo demo-r1 demo-drgrpo test test-fast lint install-gpu gpu-test gpu-check clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,12 @@ prometheus: $(STAMP)
 
 demo: install
 	$(BIN)/r1ray train
+
+# The whole DeepSeek-R1 recipe in a miniature two-script world: build it (data + two bases), run the
+# pipeline (deploy/pipelines/r1-demo.yaml); runs/r1-demo/pipeline_report.{json,png} hold the figures.
+demo-r1: install
+	$(BIN)/r1ray data r1-world --out runs/r1-world
+	$(BIN)/r1ray pipeline --config deploy/pipelines/r1-demo.yaml
 
 # The same demo under Dr. GRPO's loss (constant length normaliser, unscaled advantages): no length bias.
 demo-drgrpo: install

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from rewards.countdown import countdown_reward
 from rewards.exact import exact_match_reward
 from rewards.format import format_reward
+from rewards.harmless import harmless_reward
 from rewards.language import consistency_reward
 from rewards.math import accuracy_reward
 
@@ -48,6 +49,7 @@ REWARDS: dict[str, RewardFn] = {
     "countdown": countdown_reward,
     "language": _language,
     "exact": exact_match_reward,
+    "harmless": harmless_reward,
 }
 REWARD_NAMES: tuple[str, ...] = tuple(REWARDS)
 

@@ -41,12 +41,13 @@ PAD, EOS = "<pad>", "<eos>"
 BUILTIN_NAME = "builtin:tiny-adder"
 
 
-def build_tokenizer():
-    """Character-level tokenizer; the four tags are single (non-special, so they detokenize) tokens."""
+def build_tokenizer(chars: list[str] | None = None):
+    """Character-level tokenizer over ``chars`` (default ``CHARS``); the four tags are single (non-special, so
+    they detokenize) tokens."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    vocab = {tok: i for i, tok in enumerate([PAD, EOS, *TAGS, *CHARS])}
+    vocab = {tok: i for i, tok in enumerate([PAD, EOS, *TAGS, *(chars or CHARS)])}
     core = Tokenizer(models.WordLevel(vocab=vocab, unk_token=PAD))
     core.pre_tokenizer = pre_tokenizers.Split(pattern="", behavior="isolated")
     core.decoder = decoders.Fuse()

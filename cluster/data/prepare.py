@@ -75,6 +75,16 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     addition.add_argument("--digits", type=int, choices=range(1, 10), default=3, metavar="D", help="operand digits")
     addition.add_argument("--eval-size", type=_positive, default=200, help="the run's data.eval_size (held out)")
 
+    world = kinds.add_parser(
+        "r1-world", help="the miniature two-script world of `make demo-r1`: its data files and two pre-trained bases"
+    )
+    world.add_argument("--out", required=True, metavar="DIR", help="folder of the files, base/ and student/")
+    world.add_argument("--seed", type=int, default=0, help="the same seed builds the same world (default 0)")
+    world.add_argument("--steps", type=_positive, default=500, help="pre-training steps of the base (default 500)")
+    world.add_argument(
+        "--student-steps", type=_positive, default=400, help="pre-training steps of the 4x smaller student"
+    )
+
     for kind, title in (("gsm8k", "GSM8K"), ("math", "MATH / MATH-500")):
         name, config = HUB_DEFAULTS[kind]
         convert = kinds.add_parser(kind, help=f"convert {title} from a local copy or the Hugging Face hub")
@@ -104,6 +114,19 @@ def _positive(text: str) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """Carry out a parsed ``r1ray data`` command and print its one-line summary."""
+    if args.kind == "r1-world":
+        from cluster.data.r1_world import WorldRecipe, build_world
+
+        recipe = WorldRecipe(
+            seed=args.seed,
+            steps=args.steps,
+            long_only_steps=int(args.steps * 0.7),
+            student_steps=args.student_steps,
+            student_long_only=int(args.student_steps * 0.7),
+        )
+        info = build_world(args.out, recipe)
+        print(f"world: {args.out} ready ({info['seconds']:.0f} s to build)")
+        return 0
     if args.kind == "addition":
         options = {"n": args.n, "seed": args.seed, "digits": args.digits, "eval_size": args.eval_size}
     elif args.kind == "countdown":

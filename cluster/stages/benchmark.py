@@ -57,6 +57,7 @@ def build_report(problems: list[dict], same_answer=None) -> dict:
         top = majority_answer(answers, same)
         votes.append(top is not None and p["samples"][answers.index(top)]["correct"])
     greedy = [p["greedy"] for p in problems if p.get("greedy")]
+    names = sorted({name for s in samples for name in s.get("components", {})})
     report = {
         "problems": len(problems),
         "samples_per_problem": k,
@@ -70,7 +71,17 @@ def build_report(problems: list[dict], same_answer=None) -> dict:
         "length_correct": float(lengths[correct].mean()) if correct.any() else None,
         "length_incorrect": float(lengths[~correct].mean()) if (~correct).any() else None,
         "truncation_rate": float(np.mean([s["finish_reason"] == "length" for s in samples])),
+        "components": {name: float(np.mean([s["components"][name] for s in samples])) for name in names},
     }
+    tasks = sorted({p.get("task") or "" for p in problems})
+    if len(tasks) > 1:  # each task's own figures (reward models and rules limited to a task score 0 elsewhere)
+        report["by_task"] = {}
+        for task in tasks:
+            rows = [i for i, p in enumerate(problems) if (p.get("task") or "") == task]
+            part = build_report(
+                [problems[i] for i in rows], same_answer and (lambda i, a, b, rows=rows: same_answer(rows[i], a, b))
+            )
+            report["by_task"][task or "-"] = part
     return report
 
 
@@ -133,7 +144,8 @@ def run_eval(cfg: RunConfig, out: Path | None = None) -> dict:
                 "correct": bool(scores.components[key][row] > 0.5),
                 "length": int(rollouts.lengths[row]),
                 "finish_reason": rollouts.finish_reasons[row],
-                "format": float(scores.components["format"][row]),
+                "format": float(scores.components["format"][row]) if "format" in scores.components else 0.0,
+                "components": {name: float(values[row]) for name, values in scores.components.items()},
                 "language": consistency_reward(text, language),
             }
 
@@ -145,6 +157,7 @@ def run_eval(cfg: RunConfig, out: Path | None = None) -> dict:
                     "id": ex.id or str(i),
                     "prompt": ex.prompt,
                     "answer": ex.answer,
+                    "task": ex.task,
                     "samples": [sample_row(sampled, sampled_scores, i * k + j, language) for j in range(k)],
                     "greedy": sample_row(greedy, greedy_scores, i, language) if greedy is not None else None,
                 }

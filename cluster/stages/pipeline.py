@@ -17,6 +17,7 @@ import copy
 import hashlib
 import json
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ from cluster.config import (
     set_dotted,
 )
 from cluster.errors import ConfigError, Stopped
+from cluster.stages.pipeline_eval import check_block
 from cluster.stages.run import STAGE_KINDS
 from cluster.stages.stopping import STOP
 
@@ -41,7 +43,7 @@ PRODUCES = {"sft": "model", "rl": "model", "rm": "reward model", "sample": "data
 """What each kind of stage produces, for checking references."""
 DATA_FIELD = {"sft": "sft.train", "rl": "data.train", "sample": "data.train", "eval": "eval.data", "rm": "rm.train"}
 """Where ``data: {from: <stage>}`` goes, per kind of the stage that says it."""
-PIPELINE_KEYS = {"name", "output_dir", "stages"}
+PIPELINE_KEYS = {"name", "output_dir", "stages", "evaluate"}
 STAGE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
 
 
@@ -70,6 +72,10 @@ class Pipeline:
     output_dir: Path
     stages: list[Stage]
     source: str
+    shared: dict
+    """The shared sections (the base model's config)."""
+    evaluate: dict
+    """The ``evaluate:`` block (``cluster/stages/pipeline_eval.py``); empty: no per-stage evaluation."""
 
     @property
     def root(self) -> Path:
@@ -85,6 +91,28 @@ class Pipeline:
             return RunConfig.model_validate(tree)
         except ValidationError as err:
             raise PipelineError(f"{self._where(stage)}: {format_validation_error(err)}") from None
+
+    def eval_config(self, stage: Stage | None, outputs: dict[str, str], model_path: str) -> RunConfig:
+        """The config evaluating ``model_path`` after ``stage`` (None: the base, before the first model stage)."""
+        from cluster.stages.pipeline_eval import check_config, eval_tree
+
+        tree = eval_tree(stage.tree if stage else self.shared, self.evaluate, model_path)
+        for dotted, other in _references(tree).items():
+            set_dotted(tree, dotted, outputs[other])
+        folder = stage.folder if stage else "0-base"
+        tree |= {"name": folder, "output_dir": str(self.root)}
+        where = self._where(stage) if stage else f"pipeline error: {self.source}: evaluate (base model)"
+        try:
+            cfg = RunConfig.model_validate(tree)
+        except ValidationError as err:
+            raise PipelineError(f"{where}: evaluate: {format_validation_error(err)}") from None
+        check_config(self.evaluate, cfg, where)
+        return cfg
+
+    def first_model_stage(self) -> Stage | None:
+        from cluster.stages.pipeline_eval import MODEL_KINDS
+
+        return next((s for s in self.stages if s.kind in MODEL_KINDS), None)
 
     def placeholders(self) -> dict[str, str]:
         """Each stage's output path as it will be named (for checking configs before anything ran)."""
@@ -155,10 +183,37 @@ def load_pipeline(path: str | Path, overrides: list[str] | tuple[str, ...] = ())
                 )
         stages.append(Stage(index=index, name=stage_name, kind=kind, tree=merged, refs=refs))
     output_dir = Path(tree.get("output_dir", "runs"))
-    pipeline = Pipeline(name=name, output_dir=output_dir, stages=stages, source=source)
+    evaluate = check_block(tree.get("evaluate"), source)
+    pipeline = Pipeline(
+        name=name, output_dir=output_dir, stages=stages, source=source, shared=shared, evaluate=evaluate
+    )
     for stage in stages:  # every stage's config, with placeholder paths for the outputs it takes
         _check_stage(pipeline, stage, pipeline.config(stage, pipeline.placeholders()))
+    if evaluate:
+        _check_evaluate(pipeline)
     return pipeline
+
+
+def _check_evaluate(pipeline: Pipeline) -> None:
+    """``evaluate:`` references stages that run before the base is evaluated (before the first model stage)."""
+    from cluster.stages.pipeline_eval import MODEL_KINDS, sections
+
+    first = pipeline.first_model_stage()
+    if first is None:
+        raise PipelineError(f"pipeline error: {pipeline.source}: evaluate: no sft or rl stage to evaluate")
+    before = {s.name for s in pipeline.stages[: first.index - 1]}
+    for dotted, other in _references(sections(pipeline.evaluate)).items():
+        if other not in before:
+            raise PipelineError(
+                f"pipeline error: {pipeline.source}: evaluate.{dotted}: from {other!r} must name a stage before "
+                f"the first model stage {first.name!r} (the base is evaluated there); stages before it: "
+                f"{', '.join(sorted(before)) or 'none'}"
+            )
+    placeholders = pipeline.placeholders()
+    pipeline.eval_config(None, placeholders, "base")
+    for stage in pipeline.stages:
+        if stage.kind in MODEL_KINDS:
+            pipeline.eval_config(stage, placeholders, placeholders[stage.name])
 
 
 def _is_ref(value: Any) -> bool:
@@ -217,6 +272,7 @@ def run_pipeline(pipeline: Pipeline) -> dict:
     from cluster.runtime.ray_cluster import start_ray
     from cluster.stages import checkpoint
     from cluster.stages.common import write_json
+    from cluster.stages.pipeline_eval import MODEL_KINDS, run_evaluation
     from cluster.stages.run import run_stage
 
     pipeline.root.mkdir(parents=True, exist_ok=True)
@@ -225,7 +281,17 @@ def run_pipeline(pipeline: Pipeline) -> dict:
     upstream_ran = False
     # One local cluster for every stage, as large as the largest stage needs.
     cpus = max(required_cpus(pipeline.config(s, pipeline.placeholders())) for s in pipeline.stages)
+    first_model = pipeline.first_model_stage()
+
+    def evaluate(stage: Stage | None, model_path: str) -> dict:
+        cfg = pipeline.eval_config(stage, outputs, model_path)
+        return run_evaluation(cfg, pipeline.evaluate, cfg.run_dir / "eval")
+
     for stage in pipeline.stages:
+        if pipeline.evaluate and stage is first_model:
+            base = str(pipeline.shared.get("model", {}).get("path"))
+            report.append({"name": "base", "stage": "0-base", "kind": "base", "output": base, "wall_s": 0.0,
+                           "eval": evaluate(None, base)})  # fmt: skip
         cfg = pipeline.config(stage, outputs)
         folder = cfg.run_dir
         marker = folder / "stage.json"
@@ -248,6 +314,7 @@ def run_pipeline(pipeline: Pipeline) -> dict:
             if STOP.requested:  # a SIGTERM during the stage before: stop between stages
                 raise Stopped(f"stopped before stage {stage.folder} (SIGTERM)", str(pipeline.root))
             _mark_started(pipeline, stage.folder, _digest(cfg))
+            began = time.perf_counter()
             summary = run_stage(stage.kind, cfg, resume=interrupted)
             output = summary[OUTPUT[stage.kind]] if stage.kind != "eval" else str(folder / "report.json")
             done = {
@@ -257,12 +324,22 @@ def run_pipeline(pipeline: Pipeline) -> dict:
                 "output": output,
                 "config_digest": _digest(cfg),
                 "figures": stage_figures(stage.kind, summary),
+                "wall_s": time.perf_counter() - began,
+                "summary": str(folder / "summary.json"),
             }
             write_json(marker, done)
             upstream_ran = True
         outputs[stage.name] = done["output"]
-        report.append({"stage": stage.folder, "kind": stage.kind, "output": done["output"], **done["figures"]})
+        row = {"name": stage.name, "stage": stage.folder, "kind": stage.kind, "output": done["output"]}
+        row |= {"wall_s": done.get("wall_s"), "summary": done.get("summary"), **done["figures"]}
+        if pipeline.evaluate and stage.kind in MODEL_KINDS:
+            row["eval"] = evaluate(stage, done["output"])
+        report.append(row)
     result = {"pipeline": pipeline.name, "stages": report}
+    if pipeline.evaluate:
+        from cluster.stages.pipeline_figures import finish_report
+
+        finish_report(pipeline.root, result)
     write_json(pipeline.root / "pipeline_report.json", result)
     print_pipeline_table(result)
     print(f"pipeline report: {pipeline.root / 'pipeline_report.json'}", flush=True)
@@ -309,6 +386,6 @@ def stage_figures(kind: str, summary: dict) -> dict:
 def print_pipeline_table(result: dict) -> None:
     print(f"\npipeline {result['pipeline']}")
     for row in result["stages"]:
-        figures = {k: v for k, v in row.items() if k not in ("stage", "kind", "output")}
+        figures = {k: v for k, v in row.items() if k not in ("name", "stage", "kind", "output", "eval", "summary")}
         shown = "  ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in figures.items())
         print(f"  {row['stage']:<24} {row['kind']:<7} {shown}")

@@ -41,6 +41,8 @@ CASES = [
     ("language", "<think>二加二等于四</think><answer>4</answer>", "ignored", 0.0),
     ("exact", GOOD, "4", 1.0),
     ("exact", GOOD, "4.0", 0.0),
+    ("harmless", GOOD, "ignored", 1.0),
+    ("harmless", "<think>!</think><answer>4</answer>", "4", 0.0),
     (f"{__name__}:double_length", "ab", "", 4.0),
 ]
 
@@ -59,6 +61,7 @@ def test_reward_names() -> None:
         "countdown",
         "language",
         "exact",
+        "harmless",
     )
 
 
