@@ -1,7 +1,7 @@
 """The miniature world of ``make demo-r1``: the DeepSeek-R1 recipe's data, in two scripts, built locally.
 
 Numbers are written in one of two scripts: Latin ``a``..``j`` or Cyrillic ``а``..``к`` for the digits
-0..9 (``dhe+cif=`` is 347+285 in Latin), so "language" is real for a character model and the
+0..9 (``deh+cif=`` is 347+285 in Latin), so "language" is real for a character model and the
 ``language`` reward (``rewards/language.py``: share of the chain of thought's words in the prompt's
 script) measures it. Two kinds of prompt:
 
@@ -140,6 +140,8 @@ class WorldRecipe:
     student_hidden: int = 64
     student_steps: int = 400
     student_long_only: int = 280
+    probe_problems: int = 64
+    """Held-out problems (and as many echoes) the probe after pre-training samples."""
     version: int = 1
     extra: dict = field(default_factory=dict)
 

@@ -174,7 +174,7 @@ def pretrain_world_model(world: World, path: Path, *, hidden: int, steps: int, l
         loss = pretrain(model, tok, world, steps, long_only_steps)
         model.eval()
         torch.manual_seed(r.seed)
-        figures = probe(model, tok, world)
+        figures = probe(model, tok, world, n=r.probe_problems)
     finally:
         torch.set_num_threads(threads)
     tmp = path.with_name(path.name + ".tmp")
