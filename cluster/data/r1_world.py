@@ -142,7 +142,7 @@ class WorldRecipe:
     student_long_only: int = 280
     probe_problems: int = 64
     """Held-out problems (and as many echoes) the probe after pre-training samples."""
-    version: int = 1
+    version: int = 2
     extra: dict = field(default_factory=dict)
 
     def key(self) -> str:

@@ -33,6 +33,20 @@ def world_tokenizer():
     return build_tokenizer(WORLD_CHARS)
 
 
+def world_model(vocab_size: int, hidden: int, layers: int):
+    """A tiny Llama-architecture model: transformers (and so vLLM) load a qwen2 checkpoint's tokenizer as
+    ``Qwen2Tokenizer``, whose byte-level pre-tokenizer drops the character tokenizer's non-ASCII letters;
+    a llama checkpoint keeps the tokenizer it was saved with."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    q = tiny_config(vocab_size, hidden=hidden, layers=layers)
+    keys = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+            "num_key_value_heads", "max_position_embeddings", "tie_word_embeddings", "pad_token_id",
+            "eos_token_id", "bos_token_id")  # fmt: skip
+    config = LlamaConfig(**{k: getattr(q, k) for k in keys}, rope_theta=10000.0)
+    return LlamaForCausalLM(config)
+
+
 def _batch_loss(model, tok, rows: list[tuple[str, str, str]], letters: torch.Tensor) -> tuple[torch.Tensor, int]:
     """Completion NLL of ``rows`` (one forward), the answer letters of ``short`` rows scored as a class."""
     eos = [tok.eos_token_id]
@@ -160,8 +174,6 @@ def _mean(values) -> float:
 
 def pretrain_world_model(world: World, path: Path, *, hidden: int, steps: int, long_only_steps: int) -> dict:
     """Pre-train one base of ``hidden`` width into ``path`` (Hugging Face format); returns its probe."""
-    from transformers import Qwen2ForCausalLM
-
     r = world.recipe
     print(f"world: pre-training a base of hidden size {hidden} into {path} ({steps} steps)...", flush=True)
     began = time.perf_counter()
@@ -170,7 +182,7 @@ def pretrain_world_model(world: World, path: Path, *, hidden: int, steps: int, l
     try:
         torch.manual_seed(r.seed)
         tok = world_tokenizer()
-        model = Qwen2ForCausalLM(tiny_config(len(tok), hidden=hidden, layers=r.layers))
+        model = world_model(len(tok), hidden, r.layers)
         loss = pretrain(model, tok, world, steps, long_only_steps)
         model.eval()
         torch.manual_seed(r.seed)

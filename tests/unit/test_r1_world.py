@@ -154,3 +154,19 @@ def test_steps_to_threshold_and_r1_checks() -> None:
     ev["all_scenario_rl"]["accuracy"] = 0.30  # more than 3 points below rs_sft
     failed = [c["claim"] for c in r1_checks(result) if not c["holds"]]
     assert failed == ["all_scenario_rl: accuracy not more than 3 points below rs_sft"]
+
+
+def test_saved_world_models_keep_both_scripts_through_auto_tokenizer(tmp_path: Path) -> None:
+    """transformers (and vLLM) load the saved tokenizer: both scripts' letters must survive it."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    from cluster.data.r1_world_model import world_model, world_tokenizer
+
+    tok = world_tokenizer()
+    world_model(len(tok), hidden=32, layers=1).save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    loaded = AutoTokenizer.from_pretrained(tmp_path)
+    text = "бва+егз=<think>а+в+з=бж</think><answer>жез!</answer>"
+    assert loaded(text)["input_ids"] == tok.encode(text) and loaded.decode(tok.encode(text)) == text
+    assert len(tok.encode(text)) == len(text) - len("<think></think><answer></answer>") + 4
+    assert AutoConfig.from_pretrained(tmp_path).model_type == "llama"
