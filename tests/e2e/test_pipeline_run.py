@@ -143,7 +143,8 @@ def test_sample_stage_writes_rows_with_provenance_and_yield(pipeline_run):
     assert yields["kept"] <= 2 * 16
     rl_model = json.loads((root / "3-all_scenario_rl" / "stage.json").read_text())["output"]
     for row in rows:
-        assert row["prompt"] and row["response"] and set(row["rewards"]) >= {"exact", "format"}
+        # (a 40-step base may stop at once: with the correctness and format filters off, an empty response is kept)
+        assert row["prompt"] and isinstance(row["response"], str) and set(row["rewards"]) >= {"exact", "format"}
         assert row["source"]["model"] == rl_model and row["source"]["stage"] == "4-rejection_sampling"
         assert row["source"]["sampling"]["samples"] == 4
     per_prompt = {}
