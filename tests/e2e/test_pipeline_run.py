@@ -110,7 +110,8 @@ def test_interrupted_pipeline_skips_finished_stages_and_resumes(pipeline_run):
     for folder in FOLDERS:
         assert (root / folder / "stage.json").is_file(), folder
     report = json.loads((root / "pipeline_report.json").read_text())
-    assert [s["stage"] for s in report["stages"]] == [FOLDERS[0], "0-base", *FOLDERS[1:]]  # the base: before the first model stage
+    # the base is evaluated (and reported) before the first model stage
+    assert [s["stage"] for s in report["stages"]] == [FOLDERS[0], "0-base", *FOLDERS[1:]]
 
 
 def test_sft_stage_lowers_held_out_loss(pipeline_run):
