@@ -275,18 +275,24 @@ def build_base_model(output_dir: str | Path, recipe: PretrainRecipe | None = Non
         figures = probe(model, tok, [task.sample(probe_rng) for _ in range(100)])
     finally:
         torch.set_num_threads(threads)
-    tmp = path.with_name(path.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, safe_serialization=True)
-    tok.save_pretrained(tmp)
     info = {"recipe": asdict(recipe), "final_loss": loss, **figures, "seconds": time.perf_counter() - start}
-    (tmp / "r1ray_base.json").write_text(json.dumps(info, indent=1))
+    save_base(model, tok, path, info)
     print(
         f"base model ready in {info['seconds']:.0f} s: sampled accuracy {figures['sampled_accuracy']:.2f}, "
         f"greedy {figures['greedy_accuracy']:.2f}, long-mode share {figures['long_share']:.2f} "
         f"(accuracy when long {figures['long_accuracy']:.2f}), mean length {figures['mean_length']:.1f}",
         flush=True,
     )
+    return path
+
+
+def save_base(model, tok, path: Path, info: dict) -> None:
+    """Model, tokenizer and ``r1ray_base.json`` (``info``) into ``path``, whole or not at all: written to a
+    temporary folder that then replaces ``path``."""
+    tmp = path.with_name(path.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    tok.save_pretrained(tmp)
+    (tmp / "r1ray_base.json").write_text(json.dumps(info, indent=1))
     shutil.rmtree(path, ignore_errors=True)
     tmp.rename(path)
-    return path

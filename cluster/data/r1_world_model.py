@@ -11,10 +11,8 @@ will act on: accuracy, thinking share, script mixing, echo accuracy, forbidden-t
 
 from __future__ import annotations
 
-import json
 import math
 import random
-import shutil
 import time
 from pathlib import Path
 
@@ -22,7 +20,7 @@ import torch
 
 from cluster.algo.logprobs import token_logprobs
 from cluster.algo.sft import sft_loss
-from cluster.data.builtin_model import CHARS, build_tokenizer, tiny_config
+from cluster.data.builtin_model import CHARS, build_tokenizer, save_base, tiny_config
 from cluster.data.r1_world import FORBIDDEN, SCRIPTS, World
 from rewards.language import consistency_reward
 
@@ -189,15 +187,9 @@ def pretrain_world_model(world: World, path: Path, *, hidden: int, steps: int, l
         figures = probe(model, tok, world, n=r.probe_problems)
     finally:
         torch.set_num_threads(threads)
-    tmp = path.with_name(path.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, safe_serialization=True)
-    tok.save_pretrained(tmp)
     params = sum(p.numel() for p in model.parameters())
     info = {"parameters": params, "final_loss": loss, **figures, "seconds": time.perf_counter() - began}
-    (tmp / "r1ray_base.json").write_text(json.dumps(info, indent=1))
-    shutil.rmtree(path, ignore_errors=True)
-    tmp.rename(path)
+    save_base(model, tok, path, info)
     shown = "  ".join(f"{k} {v:.2f}" for k, v in figures.items())
     print(f"world: base {path.name} ({params / 1e6:.2f}M parameters) in {info['seconds']:.0f} s: {shown}", flush=True)
     return info
