@@ -1,0 +1,186 @@
+"""End to end: r1ray vs TRL's GRPOTrainer per step, and r1ray's step vs this machine's floor, in one run.
+
+Both sides get the same model, prompts (in the same order), G, batch, max new tokens, stop (``</answer>``
+for the demo; fixed-length completions for the 40M model), T = 1, lr, k3 KL and one optimizer step per
+batch, on the same two cores. TRL runs in its own virtualenv (``runs/_bench/venv-trl``, created on first
+use; TRL is no dependency of r1ray) as a child process that takes one step whenever told, so the sides
+alternate step by step: r1ray, TRL, floor, r1ray, TRL, floor... Medians after the warm-up step(s).
+
+The floor is measured in this process between the steps, on the batch r1ray just trained on: plain
+PyTorch training of that batch (``floor.PlainTrainer``), the fastest generation of its prompts
+(``generate`` or r1ray's engine, whichever was faster) and a ``copy_`` of the weights.
+
+    RAY_AUTH_MODE=disabled .venv/bin/python benchmarks/e2e_trl.py [--workloads demo,40m] [--steps 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import time
+from dataclasses import dataclass, field
+
+from workloads import WORK, WORKLOADS, Workload, ensure_trl_venv, init_ray, median, overrides, table, write_spec
+
+
+@dataclass
+class R1RaySide:
+    """r1ray's driver loop for one workload: a fleet of real actors and the stage's own step functions."""
+
+    w: Workload
+    extra: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        from transformers import AutoTokenizer
+        from workloads import model_path
+
+        from cluster.config import load_config
+        from cluster.data.prompts import Prompts
+        from cluster.runtime.fleet import Fleet
+        from cluster.stages.rl import behaviour_policy, grpo_objective
+
+        path = model_path(self.w)
+        self.cfg = load_config(None, overrides(self.w, path if self.w.name == "40m" else None) + self.extra)
+        self.prompts = Prompts(self.cfg, AutoTokenizer.from_pretrained(path))
+        self.objective, self.behaviour = grpo_objective(self.cfg), behaviour_policy(self.cfg)
+        self.fleet = Fleet(self.cfg, path, path, optimizer_steps=1000, reference=self.objective.uses_reference)
+        self.version = 0
+
+    def sample(self):
+        from cluster.stages.rl import collect
+
+        return collect(self.fleet, self.prompts, self.cfg)
+
+    def learn(self, sampled) -> tuple[object, dict[str, float]]:
+        """Advantages, train, broadcast (+ sync check) on ``sampled``; returns the batch and phase seconds."""
+        import torch
+
+        from cluster.algo.grpo import group_advantages
+        from cluster.payloads import TrainBatch
+
+        adv = group_advantages(torch.as_tensor(sampled.scores.total), self.cfg.grpo.group_size).numpy()
+        batch = TrainBatch.from_rollouts(sampled.rollouts, adv, self.behaviour)
+        t0 = time.perf_counter()
+        metrics = self.fleet.train(batch, self.objective)
+        t1 = time.perf_counter()
+        self.version += 1
+        self.fleet.sync_weights(self.version, probe=batch)
+        t2 = time.perf_counter()
+        return batch, {"train_s": t1 - t0, "sync_s": t2 - t1, "reward": float(sampled.scores.total.mean())} | {
+            "kl": metrics.get("kl", 0.0)
+        }
+
+    def step(self) -> dict[str, float]:
+        t0 = time.perf_counter()
+        sampled = self.sample()
+        t1 = time.perf_counter()
+        batch, phases = self.learn(sampled)
+        self.last_batch, self.last_rollouts = batch, sampled.rollouts
+        return phases | {"sample_s": t1 - t0, "gen_s": sampled.rollouts.gen_seconds, "step_s": time.perf_counter() - t0}
+
+    def close(self) -> None:
+        self.fleet.shutdown()
+
+
+class TRLSide:
+    def __init__(self, w: Workload, steps: int) -> None:
+        python = ensure_trl_venv()
+        spec = write_spec(w, steps, WORK / f"trl-{w.name}.json")
+        here = WORK.parent.parent / "benchmarks" / "trl_side.py"
+        self.proc = subprocess.Popen(
+            [str(python), str(here), str(spec)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+        self._read()  # ready
+
+    def _read(self) -> dict:
+        while True:
+            line = self.proc.stdout.readline()
+            if not line:
+                raise RuntimeError("TRL side exited")
+            if line.startswith("BENCH "):  # TRL prints its own logs to stdout too
+                return json.loads(line[6:])
+
+    def step(self) -> float:
+        self.proc.stdin.write("go\n")
+        self.proc.stdin.flush()
+        return self._read()["s"]
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait(timeout=120)
+
+
+def run(w: Workload, steps: int, warmup: int) -> dict:
+    import torch
+    from floor import PlainTrainer, plain_copy, plain_generate
+    from transformers import AutoModelForCausalLM
+    from workloads import model_path
+
+    path = model_path(w)
+    r1, trl = R1RaySide(w), TRLSide(w, steps + warmup)
+    torch.set_num_threads(2)
+    plain = PlainTrainer(path, w.lr, w.kl)
+    gen_model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    stop = [] if w.fixed else [1, r1.prompts.tokenizer.convert_tokens_to_ids("</answer>")]
+    rows: dict[str, list[float]] = {}
+    try:
+        for i in range(steps + warmup):
+            r = r1.step()
+            t = trl.step()
+            ids = [list(map(int, p)) for p in r1.last_rollouts.prompt_ids]
+            gen_s, _ = plain_generate(gen_model, ids, w.group, w.new_tokens, w.fixed, stop)
+            floor = {"floor_train_s": plain.step(r1.last_batch), "floor_gen_s": min(gen_s, r["gen_s"])}
+            floor |= {"hf_gen_s": gen_s, "floor_copy_s": plain_copy(plain.model, gen_model)}
+            if i >= warmup:
+                for key, value in (r | floor | {"trl_s": t}).items():
+                    rows.setdefault(key, []).append(value)
+    finally:
+        r1.close()
+        trl.close()
+    out = {key: median(v) for key, v in rows.items()}
+    out["floor_s"] = out["floor_train_s"] + out["floor_gen_s"] + out["floor_copy_s"]
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workloads", default="demo,40m")
+    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--warmup", type=int, default=1)
+    args = parser.parse_args()
+    WORK.mkdir(parents=True, exist_ok=True)
+    init_ray()
+    results = {name: run(WORKLOADS[name], args.steps, args.warmup) for name in args.workloads.split(",")}
+    header = ["workload", "r1ray s/step", "TRL s/step", "speed-up", "r1ray sample+score", "train", "sync"]
+    table(
+        f"end to end, median s/step of {args.steps} after {args.warmup} warm-up (interleaved)",
+        header,
+        [
+            [n, r["step_s"], r["trl_s"], r["trl_s"] / r["step_s"], r["sample_s"], r["train_s"], r["sync_s"]]
+            for n, r in results.items()
+        ],
+    )
+    table(
+        "floor: plain PyTorch train + fastest generation + copy_ of the same batch, s",
+        ["workload", "train", "generate (HF / r1ray engine)", "copy", "floor", "r1ray step", "step/floor"],
+        [
+            [
+                n,
+                r["floor_train_s"],
+                f"{r['floor_gen_s']:.3g} ({r['hf_gen_s']:.3g} / {r['gen_s']:.3g})",
+                r["floor_copy_s"],
+                r["floor_s"],
+                r["step_s"],
+                r["step_s"] / r["floor_s"],
+            ]
+            for n, r in results.items()
+        ],
+    )
+    (WORK / "e2e.json").write_text(json.dumps(results, indent=1))
+    print("\n" + "r1ray/TRL speed-up: " + ", ".join(f"{n} x{r['trl_s'] / r['step_s']:.2f}" for n, r in results.items()))
+    print("step / floor = " + ", ".join(f"{n} x{r['step_s'] / r['floor_s']:.2f}" for n, r in results.items()))
+
+
+if __name__ == "__main__":
+    main()
