@@ -7,7 +7,7 @@ STAMP := $(VENV)/.r1ray-installed
 # Token auth is on by default for a local Ray 2.60 cluster; the demo's dashboard listens on 127.0.0.1 only.
 export RAY_AUTH_MODE ?= disabled
 
-.PHONY: install prometheus demo demo-r1 demo-drgrpo test test-fast lint install-gpu gpu-test gpu-check clean
+.PHONY: install prometheus demo demo-r1 demo-drgrpo test test-fast lint bench install-gpu gpu-test gpu-check clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -45,10 +45,16 @@ demo-drgrpo: install
 	$(BIN)/r1ray train --config deploy/configs/demo-drgrpo.yaml
 
 test: install prometheus
-	$(BIN)/python -m pytest -x -q
+	$(BIN)/python -m pytest -x -q --durations=15
 
 test-fast: install
 	$(BIN)/python -m pytest -x -q tests/unit
+
+# benchmarks/: r1ray vs TRL end to end (TRL in its own venv, runs/_bench/venv-trl) with this machine's floor,
+# rollout vs generate, learner vs plain PyTorch, weight broadcast, async vs sync rollouts; each prints a table.
+bench: install
+	cd benchmarks && ../$(BIN)/python e2e_trl.py && ../$(BIN)/python rollout_gen.py && \
+	  ../$(BIN)/python learner_step.py && ../$(BIN)/python weight_sync.py --rounds 3 && ../$(BIN)/python async_rollouts.py
 
 lint: install
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

@@ -52,8 +52,9 @@ class R1RaySide:
 
         return collect(self.fleet, self.prompts, self.cfg)
 
-    def learn(self, sampled) -> tuple[object, dict[str, float]]:
-        """Advantages, train, broadcast (+ sync check) on ``sampled``; returns the batch and phase seconds."""
+    def learn(self, sampled, settle=None) -> tuple[object, dict[str, float]]:
+        """Advantages, train, broadcast (+ sync check) on ``sampled``; returns the batch and phase seconds.
+        ``settle``: called before the broadcast (asynchronous rollouts finish sampling first)."""
         import torch
 
         from cluster.algo.grpo import group_advantages
@@ -63,6 +64,8 @@ class R1RaySide:
         batch = TrainBatch.from_rollouts(sampled.rollouts, adv, self.behaviour)
         t0 = time.perf_counter()
         metrics = self.fleet.train(batch, self.objective)
+        if settle:
+            settle()
         t1 = time.perf_counter()
         self.version += 1
         self.fleet.sync_weights(self.version, probe=batch)

@@ -1,8 +1,9 @@
 """Weight-broadcast benchmark: seconds per learner -> vLLM sync for the tiny demo model and a ~100M model.
 
-Real Ray actors, a real vLLM engine and r1ray's gloo weight-transfer engine (CPU). Prints one line
-per model size with parameter count, MiB moved, sync seconds (median of the rounds) and the
-logprob agreement after the sync.
+Real Ray actors, real vLLM engines (1 and 2) and r1ray's gloo weight-transfer engine (CPU). Prints one line
+per model size and engine count with parameter count, MiB moved, sync seconds (median of the rounds; the
+engine's own receive + load time beside it, the floor of vLLM loading these weights in its process), the
+floor of moving the same bytes once (an in-process ``copy_``) and the logprob agreement after the sync.
 
     RAY_AUTH_MODE=disabled .venv/bin/python benchmarks/weight_sync.py [--rounds 5] [--sizes tiny,100m]
 """
@@ -18,7 +19,7 @@ from pathlib import Path
 SIZES = {"tiny": {"hidden": 128, "layers": 4}, "100m": {"hidden": 768, "layers": 11}}
 
 
-def bench(name: str, rounds: int, workdir: Path) -> dict:
+def bench(name: str, rounds: int, workdir: Path, engines: int = 1) -> dict:
     import numpy as np
     from safetensors.torch import load_file
 
@@ -33,7 +34,7 @@ def bench(name: str, rounds: int, workdir: Path) -> dict:
     cfg = RunConfig.model_validate(
         {
             "model": {"max_prompt_len": 32, "max_response_len": 16},
-            "rollout": {"stop": [], "gpu_memory_utilization": 0.1},
+            "rollout": {"stop": [], "gpu_memory_utilization": 0.1, "num_workers": engines},
             "learner": {"lr": 1e-4, "micro_batch_size": 16, "cpus_per_rank": 2},
             "grpo": {"prompts_per_step": 4, "group_size": 4, "kl_coef": 0.0},
             "reward": {"weights": {"format": 1.0}, "accuracy_key": "format"},
@@ -57,6 +58,8 @@ def bench(name: str, rounds: int, workdir: Path) -> dict:
         fleet.shutdown()
     return {
         "model": name,
+        "engines": engines,
+        "copy_s": copy_floor(path / "model.safetensors", rounds),
         "params_m": params / 1e6,
         "mib": params * 4 / 2**20,
         "sync_s": statistics.median(seconds),
@@ -65,24 +68,53 @@ def bench(name: str, rounds: int, workdir: Path) -> dict:
     }
 
 
+def copy_floor(weights: Path, rounds: int) -> float:
+    """Median seconds of an in-process ``copy_`` of the same tensors into preallocated ones: the floor of moving
+    these bytes once on this machine."""
+    import time
+
+    import torch
+    from safetensors.torch import load_file
+
+    src = list(load_file(weights).values())
+    dst = [torch.empty_like(t) for t in src]
+    seconds = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        for a, b in zip(src, dst, strict=True):
+            b.copy_(a)
+        seconds.append(time.perf_counter() - start)
+    return statistics.median(seconds)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--sizes", default="tiny,100m")
+    parser.add_argument("--engines", default="1,2", help="engine counts to broadcast to")
     args = parser.parse_args()
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     import ray
 
     ray.init(address="local", num_cpus=8, include_dashboard=False, log_to_driver=False)
+    results = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.sizes.split(","):
-            r = bench(name, args.rounds, Path(tmp))
-            print(
-                f"{r['model']:>5}: {r['params_m']:7.1f} M params, {r['mib']:7.1f} MiB fp32 | "
-                f"sync {r['sync_s']:.3f} s (engine receive+load {r['receive_s']:.3f} s) | "
-                f"{r['mib'] / r['sync_s']:7.0f} MiB/s | logprob diff after sync {r['logprob_diff_max']:.1e}",
-                flush=True,
-            )
+            for engines in map(int, args.engines.split(",")):
+                r = bench(name, args.rounds, Path(tmp), engines)
+                results.append(r)
+                print(
+                    f"{r['model']:>5} -> {engines} engine(s): {r['params_m']:7.1f} M params, {r['mib']:7.1f} MiB | "
+                    f"sync {r['sync_s']:.3f} s (engine receive+load {r['receive_s']:.3f} s) | "
+                    f"{r['mib'] / r['sync_s']:7.0f} MiB/s | copy_ floor {r['copy_s']:.3f} s | "
+                    f"logprob diff after sync {r['logprob_diff_max']:.1e}",
+                    flush=True,
+                )
+    big = [r for r in results if r["model"] == results[-1]["model"]]
+    print(
+        f"weight broadcast / copy_ floor ({big[0]['model']}): "
+        + ", ".join(f"{r['engines']} engine(s) x{r['sync_s'] / r['copy_s']:.1f}" for r in big)
+    )
     ray.shutdown()
 
 
