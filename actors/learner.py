@@ -27,7 +27,7 @@ import torch.distributed as dist
 from actors import learner_checkpoint
 from actors.learner_model import all_reduce, init_group, load_sharded
 from actors.reward_model import last_token_rewards
-from cluster.algo.logprobs import entropy_from_logits, token_logprobs
+from cluster.algo.logprobs import entropy_from_logits, row_chunks, token_logprobs
 from cluster.algo.objective import LossInputs, Objective
 from cluster.config import LearnerConfig
 from cluster.payloads import LearnerSpec, TrainBatch
@@ -149,10 +149,12 @@ class LearnerRank:
         width = max(1, batch.max_response_len)
         positions = torch.arange(ids.shape[1], device=self.device)
         attention = (positions[None] < (prompt + resp)[:, None]).long()
-        logits = model(input_ids=ids, attention_mask=attention).logits
+        # The LM head only from the first position that predicts a response token: prompt positions need none.
+        first = int(prompt.min()) - 1
+        logits = model(input_ids=ids, attention_mask=attention, logits_to_keep=ids.shape[1] - first).logits
         offsets = torch.arange(width, device=self.device)
         target_pos = (prompt[:, None] + offsets[None]).clamp(max=ids.shape[1] - 1)
-        picked = logits.gather(1, (target_pos - 1)[..., None].expand(-1, -1, logits.shape[-1]))
+        picked = logits.gather(1, (target_pos - 1 - first)[..., None].expand(-1, -1, logits.shape[-1]))
         mask = (offsets[None] < resp[:, None]).float()
         return picked, ids.gather(1, target_pos), mask
 
@@ -348,9 +350,9 @@ class LearnerRank:
 
     @torch.no_grad()
     def _entropy(self, logits: torch.Tensor, mask: torch.Tensor, temperature: float) -> float:
-        """Mean entropy of the sampling distribution (logits / T) over response tokens, one row at a time
-        so that a float32 copy of the whole (B, R, V) block never exists."""
-        total = sum((entropy_from_logits(row / temperature) * m).sum() for row, m in zip(logits, mask, strict=True))
+        """Mean entropy of the sampling distribution (logits / T) over response tokens, in chunks of rows
+        (``row_chunks``) so that a float32 copy of a large (B, R, V) block never exists."""
+        total = sum((entropy_from_logits(logits[a:b] / temperature) * mask[a:b]).sum() for a, b in row_chunks(logits))
         return float(total / mask.sum().clamp(min=1))
 
     def _loss_scale(

@@ -26,12 +26,25 @@ def token_logprobs(logits: Tensor, tokens: Tensor, temperature: float = 1.0) -> 
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
     rows = []
-    # One sequence at a time bounds the float32 copy of a bf16 vocab-sized tensor to (T, V), not (B, T, V).
-    for row_logits, row_tokens in zip(logits, tokens, strict=True):
-        scaled = row_logits.float() / temperature
-        picked = scaled.gather(-1, row_tokens.long().unsqueeze(-1)).squeeze(-1)
+    # Rows in chunks of at most CHUNK_ELEMENTS logits: one vectorised pass for small batches, while the float32
+    # copy of a bf16 vocab-sized tensor stays bounded for large ones (never (B, T, V) at once).
+    for start, stop in row_chunks(logits):
+        scaled = logits[start:stop].float() / temperature
+        picked = scaled.gather(-1, tokens[start:stop].long().unsqueeze(-1)).squeeze(-1)
         rows.append(picked - torch.logsumexp(scaled, dim=-1))
-    return torch.stack(rows)
+    return rows[0] if len(rows) == 1 else torch.cat(rows)
+
+
+CHUNK_ELEMENTS = 1 << 21
+"""Logits handled in one vectorised pass (8 MiB in float32: larger blocks fall out of cache and run slower
+than row by row, measured on a 32k vocabulary)."""
+
+
+def row_chunks(logits: Tensor) -> list[tuple[int, int]]:
+    """``(start, stop)`` row ranges of ``logits`` (B, ...) holding at most ``CHUNK_ELEMENTS`` each (>= 1 row)."""
+    per_row = max(1, logits[0].numel()) if len(logits) else 1
+    step = max(1, CHUNK_ELEMENTS // per_row)
+    return [(i, min(i + step, len(logits))) for i in range(0, len(logits), step)]
 
 
 def entropy_from_logits(logits: Tensor) -> Tensor:
