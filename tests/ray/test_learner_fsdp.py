@@ -178,3 +178,35 @@ def test_rank0_load_at_world_size_two_and_sharded_resume(ray_cluster, tied_model
     a, b = load_file(tmp_path / "straight" / "model.safetensors"), load_file(tmp_path / "resumed" / "model.safetensors")
     for key in a:
         torch.testing.assert_close(a[key], b[key], atol=0, rtol=0, msg=lambda m, key=key: f"{key}: {m}")
+
+
+@pytest.mark.parametrize("world", [1, 2])
+def test_checkpoint_export_is_the_trained_policy(ray_cluster, tied_model, tmp_path, world):
+    """What a checkpoint's Hugging Face export holds (what eval, sampling and the next stage load) gives the
+    trained learner's own logprobs, not a stale or partial copy."""
+    from transformers import AutoModelForCausalLM
+
+    from cluster.algo.logprobs import token_logprobs
+
+    ranks = start_ranks(tied_model, LearnerConfig(world_size=world, lr=1e-2, micro_batch_size=2, grad_clip=1e9))
+    batch = _batch()
+    try:
+        ref = ray.put(batch)
+        for _ in range(2):
+            ray.get([r.train_step.remote(ref, SFTObjective()) for r in ranks])
+        ray.get([r.save_checkpoint.remote(str(tmp_path / "ck")) for r in ranks])
+        trained = ray.get([r.compute_logprobs.remote(batch, temperature=1.0) for r in ranks])[0]
+    finally:
+        for r in ranks:
+            ray.kill(r)
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "ck", dtype=torch.float32)
+    base = AutoModelForCausalLM.from_pretrained(tied_model, dtype=torch.float32)
+    moved = 0.0
+    for row, (ids, p, r) in enumerate(zip(batch.input_ids, batch.prompt_lens, batch.response_lens, strict=True)):
+        seq = torch.tensor(ids[: p + r])[None]
+        with torch.no_grad():
+            exported = token_logprobs(model(input_ids=seq).logits[:, p - 1 : p + r - 1], seq[:, p : p + r])[0]
+            before = token_logprobs(base(input_ids=seq).logits[:, p - 1 : p + r - 1], seq[:, p : p + r])[0]
+        np.testing.assert_allclose(exported.numpy(), trained[row, :r], atol=1e-5)
+        moved = max(moved, float((exported - before).abs().max()))
+    assert moved > 1e-2, "the two steps did not change the policy"
