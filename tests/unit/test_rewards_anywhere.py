@@ -39,6 +39,8 @@ CASES = [
     ("language", "<think>all of these words are english</think>", "", 1.0),
     ("exact", "<answer>12</answer>", "12", 1.0),
     ("exact", "<answer>13</answer>", "12", 0.0),
+    ("harmless", "<think>fine</think><answer>12</answer>", "", 1.0),
+    ("harmless", "<think>!</think><answer>12</answer>", "", 0.0),
 ]
 LAUNCHES = {
     "script": [str(SCRIPT)],
