@@ -6,7 +6,8 @@
   evaluation (its ``summary.json``) reached the final accuracy of the first ``rl`` stage (R1-Zero's,
   in the R1 pipelines): how much RL a cold start saves;
 - ``checks``: when the stages carry the names of ``deploy/pipelines/r1-demo.yaml``, each claim of the
-  DeepSeek-R1 paper that the miniature reproduces, with the figures it compares and whether it holds;
+  DeepSeek-R1 paper that the miniature should reproduce and whether it holds (the figures it compares are
+  the stages' ``eval`` entries of the same report; a claim whose figures are missing does not hold);
 - ``plot``: one PNG of every evaluated stage side by side, and the reward model's score against the
   true non-reasoning metric (reward hacking would show as the first rising while the second does not).
 """
