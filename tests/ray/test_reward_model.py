@@ -113,7 +113,7 @@ def test_a_reward_config_combines_rules_and_the_model_by_task_and_span(trained):
     )
     fleet = Fleet(cfg, "", "", rollouts=False, learners=False)
     try:
-        rows = held_out[:16]
+        rows, n = held_out, len(held_out)
         # The reward model sees only the answer: a chain of thought in front changes nothing.
         texts = [f"<think>1+1=2</think>{r['chosen']}" for r in rows] + [r["rejected"] for r in rows]
         answers = [str(eval(r["prompt"].rstrip("="))) for r in rows] * 2  # noqa: S307 - digits and '+' only
@@ -122,10 +122,13 @@ def test_a_reward_config_combines_rules_and_the_model_by_task_and_span(trained):
         assert set(scores.components) == {"exact", "format", "pref"}
         assert (scores.components["exact"] == 0).all(), "exact applies to math rows only"
         pref = scores.components["pref"]
-        assert (pref[:16] > pref[16:]).mean() >= 0.75
+        plain = fleet.score([r["chosen"] for r in rows], answers[:n], general[:n]).components["pref"]
+        np.testing.assert_allclose(pref[:n], plain, rtol=1e-5, atol=1e-5)
+        # over the whole held-out set: the stage's own accuracy (>= 0.8 above), not a 16-pair sample of it
+        assert (pref[:n] > pref[n:]).mean() >= 0.75
         np.testing.assert_allclose(scores.total, 0.5 * pref, rtol=1e-6)
         math = fleet.score(texts, answers, [RowInfo(task="math", prompt=r["prompt"]) for r in rows] * 2)
-        assert (math.components["pref"] == 0).all() and math.components["exact"][:16].all()
+        assert (math.components["pref"] == 0).all() and math.components["exact"][:n].all()
     finally:
         fleet.shutdown()
 
