@@ -42,7 +42,7 @@ def _pipeline(tmp: Path) -> Path:
     world = tmp / "world"
     build_world(world, TINY)
     spec = yaml.safe_load((REPO / "deploy/pipelines/r1-demo.yaml").read_text().replace("runs/r1-world", str(world)))
-    spec |= {"name": "mini-r1", "output_dir": str(tmp / "runs"), "eval_every": 2}
+    spec |= {"name": "mini-r1", "output_dir": str(tmp / "runs"), "eval_every": 4}
     spec["data"] |= {"eval_size": 12, "eval_samples": 2}
     spec["learner"]["micro_batch_size"] = 64
     spec["cluster"]["dashboard_port"] = _free_port()
@@ -53,7 +53,7 @@ def _pipeline(tmp: Path) -> Path:
     rl["checkpoint_every"] = 1
     # One step off-policy: the next batch samples while the learner trains (engine logprobs as the
     # behaviour policy), here across a SIGTERM and a resume.
-    rl["grpo"] = {"steps": 6, "prompts_per_step": 8, "group_size": 4, "async_rollouts": True}
+    rl["grpo"] = {"steps": 4, "prompts_per_step": 8, "group_size": 4, "async_rollouts": True}
     sample = next(s for s in stages if s["kind"] == "sample")
     sample["model"] = {"from": "all_scenario_rl"}
     # a 40-step base solves nothing: keep unfinished or wrong samples too, so the stage writes rows
@@ -127,7 +127,7 @@ def test_sft_stage_lowers_held_out_loss(pipeline_run):
 def test_rl_stage_ran_all_steps_one_step_off_policy(pipeline_run):
     root, _, second = pipeline_run
     rows = [json.loads(line) for line in (root / "3-all_scenario_rl" / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in rows] == list(range(1, 7))
+    assert [r["step"] for r in rows] == list(range(1, 5))
     resumed_at = int(second.split("resumed from ")[1].split(" at step ")[1].split()[0])
     for row in rows:
         # the first step of a run (and of a resume) samples with the newest weights; later ones one step behind
