@@ -29,6 +29,7 @@ from actors.learner_model import all_reduce, init_group, load_sharded
 from actors.reward_model import last_token_rewards
 from cluster.algo.logprobs import entropy_from_logits, row_chunks, token_logprobs
 from cluster.algo.objective import LossInputs, Objective
+from cluster.algo.sync import LOGPROB_DIFF_MAX, LOGPROB_DIFF_MEAN, EngineGap
 from cluster.config import LearnerConfig
 from cluster.payloads import LearnerSpec, TrainBatch
 
@@ -214,13 +215,18 @@ class LearnerRank:
             ref = torch.as_tensor(self.compute_logprobs(shard, temperature=objective.temperature, reference=True))
         totals: dict[str, float] = {}
         mini_size = len(shard) // objective.mini_batches
-        for _ in range(objective.epochs):
+        # The weight-sync proof rides on the first update's forward: the weights the engines sampled with.
+        gap = EngineGap() if shard.check_engine else None
+        for epoch in range(objective.epochs):
             for k in range(objective.mini_batches):
                 rows = slice(k * mini_size, (k + 1) * mini_size)
-                for key, value in self._optimizer_step(shard, rows, old, ref, objective).items():
+                check = gap if epoch == 0 and k == 0 else None
+                for key, value in self._optimizer_step(shard, rows, old, ref, objective, check).items():
                     merged = max(totals.get(key, value), value) if _is_max(key) else totals.get(key, 0.0) + value
                     totals[key] = merged
         metrics = {key: value if _is_max(key) else value / objective.updates for key, value in totals.items()}
+        if gap is not None:
+            metrics |= _reduce_gap(gap)
         tokens = float(shard.response_lens.sum()) * objective.epochs
         metrics["throughput/train_tokens_per_s"] = tokens * self.world_size / (time.perf_counter() - start)
         metrics["lr"] = self.scheduler.get_last_lr()[0]
@@ -254,8 +260,9 @@ class LearnerRank:
         old: torch.Tensor | None,
         ref: torch.Tensor | None,
         objective: Objective,
+        gap: EngineGap | None = None,
     ) -> dict[str, float]:
-        sums, weights, maxes = self._backward(shard.select(rows), rows, old, ref, objective)
+        sums, weights, maxes = self._backward(shard.select(rows), rows, old, ref, objective, gap)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
         grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
         self.optimizer.step()
@@ -272,10 +279,12 @@ class LearnerRank:
         old: torch.Tensor | None,
         ref: torch.Tensor | None,
         objective: Objective,
+        gap: EngineGap | None = None,
     ) -> tuple[dict[str, float], dict[str, float], dict[str, float]]:
         """Forward and backward of one mini-batch, micro-batch by micro-batch, each scaled so that the summed
         gradient over micro-batches and ranks is the gradient of the objective's loss on the whole global
-        mini-batch. Returns the metrics' weighted sums, their weights and the maxima."""
+        mini-batch. Returns the metrics' weighted sums, their weights and the maxima. ``gap``, if given,
+        takes each micro-batch's logprobs against the engine's."""
         token_total = torch.tensor(float(mini.response_lens.sum()))
         all_reduce(token_total)
         sums: dict[str, float] = {}
@@ -286,8 +295,11 @@ class LearnerRank:
         for i in range(0, len(mini), step):
             micro = mini.select(slice(i, i + step))
             # One reduce-scatter per mini-batch (at its last micro-batch) unless every micro-batch must reduce.
-            self.model.set_requires_gradient_sync(self.cfg.grad_sync == "every" or i + step >= len(mini))
+            if hasattr(self.model, "set_requires_gradient_sync"):  # an FSDP2 module (not bare at world size 1)
+                self.model.set_requires_gradient_sync(self.cfg.grad_sync == "every" or i + step >= len(mini))
             inputs, own = self._loss_inputs(micro, (rows, slice(i, i + step)), old, ref, objective)
+            if gap is not None:
+                gap.add(inputs.logprobs, micro.rollout_logprobs, inputs.mask)
             loss, m = objective.loss(inputs)
             (loss * self._loss_scale(micro, mini, token_total, objective)).backward()
             tokens = float(micro.response_lens.sum())
@@ -421,6 +433,19 @@ def _pad_to(x: torch.Tensor, width: int) -> torch.Tensor:
 def _is_max(key: str) -> bool:
     """Metrics named ``*_max`` are maxima over micro-batches, updates and ranks, not means."""
     return key.endswith("_max")
+
+
+def _reduce_gap(gap: EngineGap) -> dict[str, float]:
+    """The engine-vs-learner gap over every rank's checked tokens."""
+    totals = torch.tensor([gap.total, gap.tokens], dtype=torch.float64)
+    all_reduce(totals)
+    peak = torch.tensor([gap.peak], dtype=torch.float64)
+    all_reduce(peak, op=dist.ReduceOp.MAX)
+    return {
+        LOGPROB_DIFF_MAX: peak.item(),
+        LOGPROB_DIFF_MEAN: totals[0].item() / max(totals[1].item(), 1.0),
+        "rollout/logprob_checked_tokens": totals[1].item(),
+    }
 
 
 def _reduce(sums: dict[str, float], weights: dict[str, float], maxes: dict[str, float]) -> dict[str, float]:

@@ -6,7 +6,8 @@ metric sums) go through gloo while FSDP2's collectives run on NCCL. ``all_reduce
 device the group has no backend for (the error NCCL alone would give at the first GPU step), so the
 CPU tests catch it.
 
-``load_sharded`` is the memory-safe load: rank 0 reads the checkpoint into CPU memory, every rank builds
+At world size 1 (without bf16 compute) there is nothing to shard: ``load_sharded`` returns the plain module
+(``bare``). Otherwise it is the memory-safe load: rank 0 reads the checkpoint into CPU memory, every rank builds
 the model on the meta device, FSDP2 shards it, each rank allocates only its shards on its device, and
 ``set_model_state_dict(..., broadcast_from_rank0=True)`` streams rank 0's tensors into them one at a time.
 Buffers (rotary frequencies are not in the state dict) are broadcast from rank 0 too.
@@ -86,6 +87,17 @@ def shard(model: torch.nn.Module, device: torch.device, world_size: int, bf16_co
     fully_shard(model, **kwargs)
 
 
+BARE_AT_WORLD_SIZE_ONE = True
+"""One rank holds the whole model: FSDP2 would only add work (parameter copies in and out of its flat buffers,
+DTensor dispatch on every optimizer op) to what plain PyTorch does, so the module stays bare. bf16 compute
+still goes through FSDP2's mixed-precision policy (float32 master weights, bf16 compute)."""
+
+
+def bare(world_size: int, bf16_compute: bool) -> bool:
+    """Whether the learner's model stays a plain module (no FSDP2)."""
+    return BARE_AT_WORLD_SIZE_ONE and world_size == 1 and not bf16_compute
+
+
 def _decoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
     base = getattr(model, model.base_model_prefix, model)
     layers = getattr(base, "layers", None)
@@ -101,6 +113,8 @@ def load_sharded(
     ``build_empty()`` builds the same architecture (called under the meta device on every rank)."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
+    if bare(world_size, bf16_compute):
+        return load_full().to(device)
     full = load_full() if rank == 0 else None
     with torch.device("meta"):
         model = build_empty()

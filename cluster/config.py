@@ -301,6 +301,12 @@ class ClusterConfig(Section):
     stop_grace_s: float = Field(120.0, gt=0.0)
     """After SIGTERM, how long the current step may take to finish before it is abandoned (a checkpoint is
     written when it finishes in time; the last complete one stays either way)."""
+    sync_check_every: int = Field(0, ge=0)
+    """Every k-th weight push of an RL run is also proven by a probe (the engines' and the learner's logprobs of
+    a few sequences: an extra forward on each side); 0: only the first and the last push. With synchronous
+    rollouts every push is proven anyway, for free, by the next step's batch: the learner compares the
+    engine's logprob of each sampled token with its own first forward (``rollout/logprob_diff_max``).
+    Asynchronous rollouts (sampled with older weights) probe after every push."""
     weight_sync: Literal["auto", "gloo", "nccl", "ipc"] = "auto"
     """Weight broadcast backend: ``auto`` picks nccl when learners and engines have GPUs of their own, ipc
     (CUDA IPC handles) when they share GPUs (``placement: colocated``), else gloo."""

@@ -173,6 +173,10 @@ class TrainBatch:
     """Where the behaviour policy's logprobs (the clipped ratio's denominator) come from: ``rollout``,
     the engine's ``rollout_logprobs`` (stale rollouts, or a free old policy); ``learner``, a forward of
     the learner's model before the batch's first update (skipped when the batch takes one update)."""
+    check_engine: bool = False
+    """The rows were sampled with the weights the learner holds now (synchronous rollouts): the learner compares
+    the engine's ``rollout_logprobs`` with its own first forward (before any update) and reports the gap as
+    the weight-sync proof (``rollout/logprob_diff_max``), at no extra forward."""
 
     def __post_init__(self) -> None:
         b = self.input_ids.shape[0]
@@ -185,6 +189,8 @@ class TrainBatch:
             raise ValueError("every sequence needs at least one prompt token")
         if self.behaviour == "rollout" and self.rollout_logprobs is None:
             raise ValueError("behaviour 'rollout' needs the engine's rollout_logprobs in the batch")
+        if self.check_engine and self.rollout_logprobs is None:
+            raise ValueError("check_engine needs the engine's rollout_logprobs in the batch")
 
     def __len__(self) -> int:
         return self.input_ids.shape[0]
@@ -209,7 +215,9 @@ class TrainBatch:
         return [row[:end] for row, end in zip(self.input_ids, ends, strict=True)]
 
     @staticmethod
-    def from_rollouts(rollouts: Rollouts, advantages: np.ndarray, behaviour: Behaviour = "learner") -> TrainBatch:
+    def from_rollouts(
+        rollouts: Rollouts, advantages: np.ndarray, behaviour: Behaviour = "learner", *, check_engine: bool = False
+    ) -> TrainBatch:
         g = rollouts.group_size
         prompts = [rollouts.prompt_ids[i // g] for i in range(rollouts.num_completions)]
         prompt_lens = np.array([len(p) for p in prompts], dtype=np.int64)
@@ -225,6 +233,7 @@ class TrainBatch:
             advantages=advantages.astype(np.float32),
             rollout_logprobs=rollouts.logprobs,
             behaviour=behaviour,
+            check_engine=check_engine and rollouts.logprobs is not None,
         )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+import torch
 
 LOGPROB_DIFF_MAX = "rollout/logprob_diff_max"
 LOGPROB_DIFF_MEAN = "rollout/logprob_diff_mean"
@@ -33,3 +34,23 @@ def logprob_gap(
     if not flat.size:
         return {LOGPROB_DIFF_MAX: 0.0, LOGPROB_DIFF_MEAN: 0.0}
     return {LOGPROB_DIFF_MAX: float(flat.max()), LOGPROB_DIFF_MEAN: float(flat.mean())}
+
+
+class EngineGap:
+    """The same gap from a training batch the engines sampled with the learner's current weights: the
+    engine's logprob of each sampled token (``rollout_logprobs``) against the learner's forward of the same
+    tokens at the same temperature, before any update. Running maximum, sum and count over response tokens."""
+
+    def __init__(self) -> None:
+        self.peak, self.total, self.tokens = 0.0, 0.0, 0.0
+
+    def add(self, learner: torch.Tensor, engine: np.ndarray, mask: torch.Tensor) -> None:
+        """``learner`` (B, R) logprobs, ``engine`` (B, >= R) the engine's, ``mask`` (B, R) the response tokens."""
+        if engine.shape[0] != learner.shape[0] or engine.shape[1] < learner.shape[1]:
+            raise ValueError(f"engine logprobs {engine.shape} do not cover learner logprobs {tuple(learner.shape)}")
+        width = learner.shape[1]
+        diff = (learner.detach().double() - torch.as_tensor(engine[:, :width], device=learner.device).double()).abs()
+        diff = diff * mask
+        self.peak = max(self.peak, float(diff.max()) if diff.numel() else 0.0)
+        self.total += float(diff.sum())
+        self.tokens += float(mask.sum())

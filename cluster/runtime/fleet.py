@@ -357,8 +357,8 @@ class Fleet:
                 raise LearnerLost(f"a learner rank died ({type(err).__name__})") from err
         return ray.get(calls)
 
-    def sync_weights(self, version: int, probe: TrainBatch) -> dict[str, float]:
-        """Push the learner's weights to every engine, then prove it on ``probe``'s first rows."""
+    def sync_weights(self, version: int, probe: TrainBatch, *, check: bool = True) -> dict[str, float]:
+        """Push the learner's weights to every engine, then (``check``) prove it on ``probe``'s first rows."""
         if self.weights is None:
             raise RuntimeError("this fleet has no rollout engines or no learners: there is nothing to sync")
         self.faults.at("sync")
@@ -368,7 +368,7 @@ class Fleet:
         except ray.exceptions.RayActorError as err:
             raise LearnerLost(f"a learner rank or engine died during the weight push ({type(err).__name__})") from err
         self.version = version
-        return pushed | self.weights.check(probe)
+        return (pushed | self.weights.check(probe)) if check else pushed
 
     def rewards(self, batch: TrainBatch) -> np.ndarray:
         """A reward-model fleet's (``head="reward"``) reward per row of ``batch`` (B,); every rank joins the forward."""

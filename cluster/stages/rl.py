@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from cluster.algo.grpo import GRPOObjective, dynamic_sampling_mask, group_advantages
+from cluster.algo.sync import LOGPROB_DIFF_MAX, LOGPROB_DIFF_MEAN
 from cluster.config import RunConfig
 from cluster.data.prompts import Prompts, reward_info
 from cluster.errors import LearnerLost, RunAborted, Stopped
@@ -105,13 +106,17 @@ def rl_loop(fleet, prompts: Prompts, cfg: RunConfig, log: MetricsLogger, evals: 
             sampled = schedule.batch(prefetch=more)
             g = cfg.grpo.group_size
             advantages = group_advantages(torch.as_tensor(sampled.scores.total), g, scale=cfg.grpo.scale_advantages)
-            batch = TrainBatch.from_rollouts(sampled.rollouts, advantages.numpy(), behaviour)
+            # Synchronous rows were sampled with the learner's weights: its first forward proves the last push.
+            batch = TrainBatch.from_rollouts(
+                sampled.rollouts, advantages.numpy(), behaviour, check_engine=not cfg.grpo.async_rollouts
+            )
             train_started = time.perf_counter()
             train_metrics = fleet.train(batch, objective)
             trained, position = step, sampled.data_position
             train_s = time.perf_counter() - train_started
             schedule.settle()  # the engines finish sampling before they take new weights
-            sync = fleet.sync_weights(step, probe=batch)
+            probe = cfg.grpo.async_rollouts or not more or every(cfg.cluster.sync_check_every, step)
+            sync = fleet.sync_weights(step, probe=batch, check=probe)
             row = step_metrics(step, cfg, sampled, train=train_metrics, sync=sync, train_s=train_s, started=started)
             row |= fleet.fault_metrics()
             log.log(row)
@@ -264,6 +269,10 @@ def step_metrics(
         "time/train_s": train_s,
         "throughput/tokens_per_s": float(lengths.sum()) / max(rollouts.gen_seconds, 1e-9),
     }
+    # The step's batch proved the push before it, a probe the push after it: report the worse of the two.
+    for key in (LOGPROB_DIFF_MAX, LOGPROB_DIFF_MEAN):
+        if key in train and key in sync:
+            row[key] = max(train[key], sync[key])
     row["time/step_s"] = time.perf_counter() - started
     return row
 

