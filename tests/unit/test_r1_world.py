@@ -21,6 +21,7 @@ from cluster.data.r1_world import (
     Problem,
     World,
     WorldRecipe,
+    near_miss,
     spell,
     typo,
     write_files,
@@ -170,3 +171,24 @@ def test_saved_world_models_keep_both_scripts_through_auto_tokenizer(tmp_path: P
     assert loaded(text)["input_ids"] == tok.encode(text) and loaded.decode(tok.encode(text)) == text
     assert len(tok.encode(text)) == len(text) - len("<think></think><answer></answer>") + 4
     assert AutoConfig.from_pretrained(tmp_path).model_type == "llama"
+
+
+@pytest.mark.parametrize("hidden", [WorldRecipe().hidden, WorldRecipe().student_hidden])
+def test_world_models_have_a_head_size_vllm_cpu_serves(hidden: int) -> None:
+    from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend
+
+    from cluster.data.r1_world_model import world_model
+
+    config = world_model(40, hidden=hidden, layers=1).config
+    assert config.head_dim * config.num_attention_heads == hidden
+    assert config.head_dim in CPUAttentionBackend.get_supported_head_sizes()
+
+
+def test_preference_pairs_reject_typos_near_misses_and_junk() -> None:
+    rng = random.Random(0)
+    words = ["abcde", "вгдеж"] * 200
+    rejected = [near_miss(w, rng) for w in words]
+    assert all(r != w for r, w in zip(rejected, words, strict=True))
+    same_length = sum(len(r) == len(w) for r, w in zip(rejected, words, strict=True)) / len(words)
+    junk = sum(any(c in r for c in "+=;<") for r in rejected) / len(words)
+    assert 0.45 < same_length < 0.75 and 0.1 < junk < 0.3
