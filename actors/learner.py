@@ -27,7 +27,7 @@ import torch.distributed as dist
 from actors import learner_checkpoint
 from actors.learner_model import all_reduce, init_group, load_sharded
 from actors.reward_model import last_token_rewards
-from cluster.algo.logprobs import entropy_from_logits, row_chunks, token_logprobs
+from cluster.algo.logprobs import token_logprobs, token_logprobs_and_entropy
 from cluster.algo.objective import LossInputs, Objective
 from cluster.algo.sync import LOGPROB_DIFF_MAX, LOGPROB_DIFF_MEAN, EngineGap
 from cluster.config import LearnerConfig
@@ -150,14 +150,27 @@ class LearnerRank:
         width = max(1, batch.max_response_len)
         positions = torch.arange(ids.shape[1], device=self.device)
         attention = (positions[None] < (prompt + resp)[:, None]).long()
-        # The LM head only from the first position that predicts a response token: prompt positions need none.
-        first = int(prompt.min()) - 1
-        logits = model(input_ids=ids, attention_mask=attention, logits_to_keep=ids.shape[1] - first).logits
         offsets = torch.arange(width, device=self.device)
         target_pos = (prompt[:, None] + offsets[None]).clamp(max=ids.shape[1] - 1)
-        picked = logits.gather(1, (target_pos - 1 - first)[..., None].expand(-1, -1, logits.shape[-1]))
+        # The LM head sees only the hidden states that predict a response token, row by row: no logits for
+        # prompt or padding positions, and no (B, L, V) gather (nor its backward scatter). logits_to_keep
+        # first drops the columns before the earliest of them.
+        first = int(prompt.min()) - 1
+        index = (target_pos - 1 - first)[..., None]
+
+        def response_states(_module, args):
+            hidden = args[0]
+            return (hidden.gather(1, index.expand(-1, -1, hidden.shape[-1])), *args[1:])
+
+        handle = model.get_output_embeddings().register_forward_pre_hook(response_states)
+        try:
+            logits = model(input_ids=ids, attention_mask=attention, logits_to_keep=ids.shape[1] - first).logits
+        finally:
+            handle.remove()
+        if logits.shape[:2] != target_pos.shape:
+            raise RuntimeError(f"{type(model).__name__} does not apply its output embeddings to the hidden states")
         mask = (offsets[None] < resp[:, None]).float()
-        return picked, ids.gather(1, target_pos), mask
+        return logits, ids.gather(1, target_pos), mask
 
     @torch.no_grad()
     def compute_logprobs(self, batch: TrainBatch, *, temperature: float, reference: bool = False) -> np.ndarray:
@@ -345,7 +358,7 @@ class LearnerRank:
         if objective.head == "reward":
             return LossInputs(values=self._rewards(self.model, micro)), {}
         logits, tokens, mask = self._response_logits(self.model, micro)
-        lp = token_logprobs(logits, tokens, objective.temperature)
+        lp, entropy = token_logprobs_and_entropy(logits, tokens, objective.temperature)
         cut = (*cut, slice(0, lp.shape[1]))
         inputs = LossInputs(
             logprobs=lp,
@@ -354,18 +367,12 @@ class LearnerRank:
             old_logprobs=self._cut(old, cut),
             ref_logprobs=self._cut(ref, cut),
         )
-        return inputs, {"entropy": self._entropy(logits, mask, objective.temperature)}
+        # Mean entropy of the sampling distribution (logits / T) over response tokens.
+        return inputs, {"entropy": float((entropy * mask).sum() / mask.sum().clamp(min=1))}
 
     def _cut(self, table: torch.Tensor | None, cut: tuple[slice, slice, slice]) -> torch.Tensor | None:
         rows, micro, width = cut
         return None if table is None else table[rows][micro, width].to(self.device)
-
-    @torch.no_grad()
-    def _entropy(self, logits: torch.Tensor, mask: torch.Tensor, temperature: float) -> float:
-        """Mean entropy of the sampling distribution (logits / T) over response tokens, in chunks of rows
-        (``row_chunks``) so that a float32 copy of a large (B, R, V) block never exists."""
-        total = sum((entropy_from_logits(logits[a:b] / temperature) * mask[a:b]).sum() for a, b in row_chunks(logits))
-        return float(total / mask.sum().clamp(min=1))
 
     def _loss_scale(
         self, micro: TrainBatch, mini: TrainBatch, token_total: torch.Tensor, objective: Objective

@@ -19,20 +19,36 @@ def token_logprobs(logits: Tensor, tokens: Tensor, temperature: float = 1.0) -> 
     The sampler scores tokens at `temperature`, so the learner must divide by the same value for the
     importance ratio to compare like with like.
     """
+    return token_logprobs_and_entropy(logits, tokens, temperature, entropy=False)[0]
+
+
+def token_logprobs_and_entropy(
+    logits: Tensor, tokens: Tensor, temperature: float = 1.0, *, entropy: bool = True
+) -> tuple[Tensor, Tensor | None]:
+    """``token_logprobs`` and, in the same pass over each block of logits (while it is in cache), the float32
+    entropy of ``softmax(logits / temperature)`` per token (no gradient; None unless ``entropy``)."""
     if logits.ndim != 3 or tokens.shape != logits.shape[:2]:
         raise ValueError(
             f"expected logits (B, T, V) and tokens (B, T), got {tuple(logits.shape)} and {tuple(tokens.shape)}"
         )
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
-    rows = []
+    rows, entropies = [], []
     # Rows in chunks of at most CHUNK_ELEMENTS logits: one vectorised pass for small batches, while the float32
     # copy of a bf16 vocab-sized tensor stays bounded for large ones (never (B, T, V) at once).
     for start, stop in row_chunks(logits):
-        scaled = logits[start:stop].float() / temperature
+        scaled = logits[start:stop].float()
+        if temperature != 1.0:
+            scaled = scaled / temperature
         picked = scaled.gather(-1, tokens[start:stop].long().unsqueeze(-1)).squeeze(-1)
-        rows.append(picked - torch.logsumexp(scaled, dim=-1))
-    return rows[0] if len(rows) == 1 else torch.cat(rows)
+        norm = torch.logsumexp(scaled, dim=-1)
+        rows.append(picked - norm)
+        if entropy:
+            with torch.no_grad():
+                probs = torch.exp(scaled - norm.unsqueeze(-1))
+                entropies.append(norm - (probs * scaled).sum(dim=-1))
+    lp = rows[0] if len(rows) == 1 else torch.cat(rows)
+    return lp, (torch.cat(entropies) if entropy else None)
 
 
 CHUNK_ELEMENTS = 1 << 21

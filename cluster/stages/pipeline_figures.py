@@ -138,6 +138,9 @@ def r1_checks(result: dict) -> list[dict]:
     return checks
 
 
+UNBOUNDED = frozenset({"response_length", "reward_model_score"})
+
+
 def plot(root: Path, rows: list[dict]) -> Path:
     import matplotlib
 
@@ -152,7 +155,7 @@ def plot(root: Path, rows: list[dict]) -> Path:
         ax.bar(range(len(names)), [0 if v is None else v for v in values], color="tab:blue")
         ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=8)
         ax.set_title(metric)
-        if metric != "response_length":
+        if metric not in UNBOUNDED:  # rates and accuracies; a reward model's score and a length have no scale
             ax.set_ylim(0, 1.05)
     ax = axes.flat[-1]
     points = [(r["eval"].get("non_reasoning_score"), r["eval"].get("reward_model_score"), r["name"]) for r in evaluated]

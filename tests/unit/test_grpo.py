@@ -465,3 +465,18 @@ def test_masked_mean(dim, expected):
 def test_masked_mean_ignores_nonfinite_padding():
     x = torch.tensor([1.0, math.nan, -math.inf])
     assert masked_mean(x, torch.tensor([True, False, False])).item() == 1.0
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_fused_logprobs_and_entropy_equal_the_separate_passes(temperature, monkeypatch):
+    import cluster.algo.logprobs as logprobs
+
+    monkeypatch.setattr(logprobs, "CHUNK_ELEMENTS", 12)  # several row blocks: 2 rows of 3 x 2 logits each
+    gen = torch.Generator().manual_seed(9)
+    logits = torch.randn(5, 3, 2, generator=gen, dtype=torch.float64, requires_grad=True)
+    tokens = torch.randint(0, 2, (5, 3), generator=gen)
+    lp, entropy = logprobs.token_logprobs_and_entropy(logits, tokens, temperature)
+    assert torch.equal(lp, token_logprobs(logits, tokens, temperature))
+    torch.testing.assert_close(entropy, entropy_from_logits(logits.detach() / temperature))
+    assert lp.requires_grad and not entropy.requires_grad
+    assert logprobs.token_logprobs_and_entropy(logits, tokens, temperature, entropy=False)[1] is None
