@@ -99,6 +99,9 @@ def rl_loop(fleet, prompts: Prompts, cfg: RunConfig, log: MetricsLogger, evals: 
     behaviour = behaviour_policy(cfg)
     schedule = RolloutSchedule(lambda: collect(fleet, prompts, cfg), ahead=cfg.grpo.async_rollouts)
     trained = saved = first_step - 1  # the last step the learner holds, and the last one checkpointed here
+    # Synchronous rows were sampled with the learner's weights: its first forward proves the last push. Not
+    # with top_p < 1, where vLLM's logprobs are renormalised over the nucleus and the learner's are not.
+    free_check = not cfg.grpo.async_rollouts and cfg.rollout.top_p == 1.0
     try:
         for step in range(first_step, cfg.grpo.steps + 1):
             started = time.perf_counter()
@@ -106,16 +109,13 @@ def rl_loop(fleet, prompts: Prompts, cfg: RunConfig, log: MetricsLogger, evals: 
             sampled = schedule.batch(prefetch=more)
             g = cfg.grpo.group_size
             advantages = group_advantages(torch.as_tensor(sampled.scores.total), g, scale=cfg.grpo.scale_advantages)
-            # Synchronous rows were sampled with the learner's weights: its first forward proves the last push.
-            batch = TrainBatch.from_rollouts(
-                sampled.rollouts, advantages.numpy(), behaviour, check_engine=not cfg.grpo.async_rollouts
-            )
+            batch = TrainBatch.from_rollouts(sampled.rollouts, advantages.numpy(), behaviour, check_engine=free_check)
             train_started = time.perf_counter()
             train_metrics = fleet.train(batch, objective)
             trained, position = step, sampled.data_position
             train_s = time.perf_counter() - train_started
             schedule.settle()  # the engines finish sampling before they take new weights
-            probe = cfg.grpo.async_rollouts or not more or every(cfg.cluster.sync_check_every, step)
+            probe = not free_check or not more or every(cfg.cluster.sync_check_every, step)
             sync = fleet.sync_weights(step, probe=batch, check=probe)
             row = step_metrics(step, cfg, sampled, train=train_metrics, sync=sync, train_s=train_s, started=started)
             row |= fleet.fault_metrics()
