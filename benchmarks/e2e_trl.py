@@ -59,23 +59,21 @@ class R1RaySide:
 
         from cluster.algo.grpo import group_advantages
         from cluster.payloads import TrainBatch
+        from cluster.stages.rl import free_sync_check
 
         adv = group_advantages(torch.as_tensor(sampled.scores.total), self.cfg.grpo.group_size).numpy()
-        ahead = self.cfg.grpo.async_rollouts
-        # As rl_loop: synchronous batches prove the last push in the learner's forward, asynchronous ones by a probe.
-        batch = TrainBatch.from_rollouts(sampled.rollouts, adv, self.behaviour, check_engine=not ahead)
+        free = free_sync_check(self.cfg)  # as rl_loop: the batch proves the last push, else a probe after each
+        batch = TrainBatch.from_rollouts(sampled.rollouts, adv, self.behaviour, check_engine=free)
         t0 = time.perf_counter()
         metrics = self.fleet.train(batch, self.objective)
         if settle:
             settle()
         t1 = time.perf_counter()
         self.version += 1
-        sync = self.fleet.sync_weights(self.version, probe=batch, check=ahead)
+        self.fleet.sync_weights(self.version, probe=batch, check=not free)
         t2 = time.perf_counter()
-        gap = (metrics | sync).get("rollout/logprob_diff_max", float("nan"))
         return batch, {"train_s": t1 - t0, "sync_s": t2 - t1, "reward": float(sampled.scores.total.mean())} | {
-            "kl": metrics.get("kl", 0.0),
-            "lp_diff": gap,
+            "kl": metrics.get("kl", 0.0)
         }
 
     def step(self) -> dict[str, float]:

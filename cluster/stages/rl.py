@@ -99,9 +99,7 @@ def rl_loop(fleet, prompts: Prompts, cfg: RunConfig, log: MetricsLogger, evals: 
     behaviour = behaviour_policy(cfg)
     schedule = RolloutSchedule(lambda: collect(fleet, prompts, cfg), ahead=cfg.grpo.async_rollouts)
     trained = saved = first_step - 1  # the last step the learner holds, and the last one checkpointed here
-    # Synchronous rows were sampled with the learner's weights: its first forward proves the last push. Not
-    # with top_p < 1, where vLLM's logprobs are renormalised over the nucleus and the learner's are not.
-    free_check = not cfg.grpo.async_rollouts and cfg.rollout.top_p == 1.0
+    free_check = free_sync_check(cfg)
     try:
         for step in range(first_step, cfg.grpo.steps + 1):
             started = time.perf_counter()
@@ -181,6 +179,14 @@ def grpo_objective(cfg: RunConfig) -> GRPOObjective:
         clip_ratio_c=g.clip_ratio_c,
         kl_max=g.kl_max,
     )
+
+
+def free_sync_check(cfg: RunConfig) -> bool:
+    """Whether each training batch proves the push before it (``TrainBatch.check_engine``): synchronous rows were
+    sampled with the learner's weights, so its first forward must match the engine's logprobs. Not with
+    ``top_p`` < 1, where vLLM's logprobs are renormalised over the nucleus and the learner's are not; there, and
+    with asynchronous rollouts, a probe follows every push."""
+    return not cfg.grpo.async_rollouts and cfg.rollout.top_p == 1.0
 
 
 def behaviour_policy(cfg: RunConfig) -> Behaviour:

@@ -102,3 +102,13 @@ def test_engine_gap_counts_only_response_tokens_and_keeps_the_worst():
     assert (gap.peak, gap.total, gap.tokens) == (0.5, 0.75, 5.0)
     with pytest.raises(ValueError, match="do not cover"):
         gap.add(learner, np.zeros((2, 1), dtype=np.float32), mask)
+
+
+def test_the_free_sync_check_is_off_for_stale_or_nucleus_renormalised_logprobs():
+    from cluster.config import RunConfig
+    from cluster.stages.rl import free_sync_check
+
+    assert free_sync_check(RunConfig())
+    assert not free_sync_check(RunConfig.model_validate({"grpo": {"async_rollouts": True}}))
+    nucleus = {"rollout": {"top_p": 0.9}, "grpo": {"old_logprobs": "learner"}}
+    assert not free_sync_check(RunConfig.model_validate(nucleus))
