@@ -27,6 +27,7 @@ import torch.distributed as dist
 from actors import learner_checkpoint
 from actors.learner_model import all_reduce, init_group, load_sharded
 from actors.reward_model import last_token_rewards
+from cluster.algo import microbatch
 from cluster.algo.logprobs import token_logprobs, token_logprobs_and_entropy
 from cluster.algo.objective import LossInputs, Objective
 from cluster.algo.sync import LOGPROB_DIFF_MAX, LOGPROB_DIFF_MEAN, EngineGap
@@ -180,13 +181,12 @@ class LearnerRank:
         model = self.ref if reference else self.model
         if model is None:
             raise ValueError("no reference model: this learner was built without one")
-        width = max(1, batch.max_response_len)
-        out = []
-        for chunk in self._micro_batches(batch):
+        out = np.zeros((len(batch), max(1, batch.max_response_len)), dtype=np.float32)
+        for rows, chunk in self._micro_batches(batch):
             logits, tokens, mask = self._response_logits(model, chunk)
-            lp = token_logprobs(logits, tokens, temperature)
-            out.append(_pad_to(lp * mask, width))
-        return torch.cat(out).float().cpu().numpy()
+            lp = token_logprobs(logits, tokens, temperature) * mask
+            out[rows, : lp.shape[1]] = lp.float().cpu().numpy()
+        return out
 
     def _rewards(self, model: torch.nn.Module, batch: TrainBatch) -> torch.Tensor:
         """(B,) the scalar head's output at each sequence's last token (prompt + response)."""
@@ -199,11 +199,20 @@ class LearnerRank:
     def compute_rewards(self, batch: TrainBatch) -> np.ndarray:
         """(B,) float32 rewards of a reward-model learner (held-out evaluation); every rank must join (FSDP)."""
         self._require_head("reward", "compute_rewards")
-        return torch.cat([self._rewards(self.model, chunk) for chunk in self._micro_batches(batch)]).cpu().numpy()
+        out = np.zeros(len(batch), dtype=np.float32)
+        for rows, chunk in self._micro_batches(batch):
+            out[rows] = self._rewards(self.model, chunk).float().cpu().numpy()
+        return out
 
-    def _micro_batches(self, batch: TrainBatch) -> list[TrainBatch]:
-        step = self.cfg.micro_batch_size
-        return [batch.select(slice(i, i + step)) for i in range(0, len(batch), step)]
+    def _micro_batches(self, batch: TrainBatch, group_rows: int = 1) -> list[tuple[np.ndarray, TrainBatch]]:
+        """(rows, micro-batch) pairs: ``micro_batch_size`` rows in batch order, or with ``micro_batch_tokens``
+        rows bucketed by length (whole groups of ``group_rows``)."""
+        lengths = batch.prompt_lens + batch.response_lens
+        cfg = self.cfg
+        plan = microbatch.plan(
+            lengths, max_rows=cfg.micro_batch_size, max_tokens=cfg.micro_batch_tokens, group_rows=group_rows
+        )
+        return [(rows, batch.select(rows)) for rows in plan]
 
     def _shard(self, batch: TrainBatch, mini_batches: int) -> TrainBatch:
         """This rank's rows: its slice of every global mini-batch, so mini-batches do not depend on W."""
@@ -304,13 +313,12 @@ class LearnerRank:
         weights: dict[str, float] = {}
         maxes: dict[str, float] = {}
         # Whole groups per micro-batch: a pair's loss needs both of its rows.
-        step = max(objective.group_rows, self.cfg.micro_batch_size // objective.group_rows * objective.group_rows)
-        for i in range(0, len(mini), step):
-            micro = mini.select(slice(i, i + step))
+        micros = self._micro_batches(mini, objective.group_rows)
+        for j, (index, micro) in enumerate(micros):
             # One reduce-scatter per mini-batch (at its last micro-batch) unless every micro-batch must reduce.
             if hasattr(self.model, "set_requires_gradient_sync"):  # an FSDP2 module (not bare at world size 1)
-                self.model.set_requires_gradient_sync(self.cfg.grad_sync == "every" or i + step >= len(mini))
-            inputs, own = self._loss_inputs(micro, (rows, slice(i, i + step)), old, ref, objective)
+                self.model.set_requires_gradient_sync(self.cfg.grad_sync == "every" or j == len(micros) - 1)
+            inputs, own = self._loss_inputs(micro, (rows, torch.as_tensor(index)), old, ref, objective)
             if gap is not None:
                 gap.add(inputs.logprobs, micro.rollout_logprobs, inputs.mask)
             loss, m = objective.loss(inputs)
@@ -348,7 +356,7 @@ class LearnerRank:
     def _loss_inputs(
         self,
         micro: TrainBatch,
-        cut: tuple[slice, slice],
+        cut: tuple[slice, torch.Tensor],
         old: torch.Tensor | None,
         ref: torch.Tensor | None,
         objective: Objective,
@@ -370,7 +378,7 @@ class LearnerRank:
         # Mean entropy of the sampling distribution (logits / T) over response tokens.
         return inputs, {"entropy": float((entropy * mask).sum() / mask.sum().clamp(min=1))}
 
-    def _cut(self, table: torch.Tensor | None, cut: tuple[slice, slice, slice]) -> torch.Tensor | None:
+    def _cut(self, table: torch.Tensor | None, cut: tuple[slice, torch.Tensor, slice]) -> torch.Tensor | None:
         rows, micro, width = cut
         return None if table is None else table[rows][micro, width].to(self.device)
 

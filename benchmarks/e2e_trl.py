@@ -126,6 +126,9 @@ def run(w: Workload, steps: int, warmup: int) -> dict:
     r1, trl = R1RaySide(w), TRLSide(w, steps + warmup)
     torch.set_num_threads(2)
     plain = PlainTrainer(path, w.lr, w.kl)
+    # The floor's training is the faster of one padded batch and r1ray's own length buckets of it.
+    budget = r1.cfg.learner.micro_batch_tokens
+    bucketed = PlainTrainer(path, w.lr, w.kl, bucket_tokens=budget) if budget and not w.fixed else None
     gen_model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
     stop = [] if w.fixed else [1, r1.prompts.tokenizer.convert_tokens_to_ids("</answer>")]
     rows: dict[str, list[float]] = {}
@@ -135,7 +138,10 @@ def run(w: Workload, steps: int, warmup: int) -> dict:
             t = trl.step()
             ids = [list(map(int, p)) for p in r1.last_rollouts.prompt_ids]
             gen_s, _ = plain_generate(gen_model, ids, w.group, w.new_tokens, w.fixed, stop)
-            floor = {"floor_train_s": plain.step(r1.last_batch), "floor_gen_s": min(gen_s, r["gen_s"])}
+            padded_s = plain.step(r1.last_batch)
+            bucketed_s = bucketed.step(r1.last_batch) if bucketed else padded_s
+            floor = {"floor_train_s": min(padded_s, bucketed_s), "floor_gen_s": min(gen_s, r["gen_s"])}
+            floor |= {"padded_train_s": padded_s, "bucketed_train_s": bucketed_s}
             floor |= {"hf_gen_s": gen_s, "floor_copy_s": plain_copy(plain.model, gen_model)}
             if i >= warmup:
                 for key, value in (r | floor | {"trl_s": t}).items():
@@ -168,11 +174,19 @@ def main() -> None:
     )
     table(
         "floor: plain PyTorch train + fastest generation + copy_ of the same batch, s",
-        ["workload", "train", "generate (HF / r1ray engine)", "copy", "floor", "r1ray step", "step/floor"],
+        [
+            "workload",
+            "train (padded / bucketed)",
+            "generate (HF / r1ray engine)",
+            "copy",
+            "floor",
+            "r1ray step",
+            "step/floor",
+        ],
         [
             [
                 n,
-                r["floor_train_s"],
+                f"{r['floor_train_s']:.3g} ({r['padded_train_s']:.3g} / {r['bucketed_train_s']:.3g})",
                 f"{r['floor_gen_s']:.3g} ({r['hf_gen_s']:.3g} / {r['gen_s']:.3g})",
                 r["floor_copy_s"],
                 r["floor_s"],

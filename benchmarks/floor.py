@@ -15,13 +15,17 @@ import torch
 
 
 class PlainTrainer:
-    def __init__(self, path: str, lr: float, kl: float) -> None:
+    """``bucket_tokens``: the same update over length-sorted chunks of at most that many padded tokens (what
+    r1ray's ``learner.micro_batch_tokens`` does), so a bucketed r1ray step is set against a bucketed floor."""
+
+    def __init__(self, path: str, lr: float, kl: float, bucket_tokens: int | None = None) -> None:
         from transformers import AutoModelForCausalLM
 
         self.model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
         self.ref = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval().requires_grad_(False)
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=lr)
         self.kl = kl
+        self.bucket_tokens = bucket_tokens
 
     def _logprobs(self, model, ids, attention, prompt, width):
         logits = model(input_ids=ids, attention_mask=attention).logits
@@ -29,23 +33,32 @@ class PlainTrainer:
         picked = logits.gather(1, (pos - 1)[..., None].expand(-1, -1, logits.shape[-1]))
         return torch.log_softmax(picked.float(), -1).gather(-1, ids.gather(1, pos)[..., None]).squeeze(-1)
 
-    def step(self, batch) -> float:
-        """Seconds for one update on ``batch`` (a ``TrainBatch``)."""
-        start = time.perf_counter()
-        used = int((batch.prompt_lens + batch.response_lens).max())
-        ids = torch.tensor(batch.input_ids[:, :used])
-        prompt, resp = torch.tensor(batch.prompt_lens), torch.tensor(batch.response_lens)
+    def _chunk(self, batch, rows) -> None:
+        """Forward (+ reference) and backward of ``rows``, scaled by their share of the batch."""
+        chunk = batch.select(rows)
+        used = int((chunk.prompt_lens + chunk.response_lens).max())
+        ids = torch.tensor(chunk.input_ids[:, :used])
+        prompt, resp = torch.tensor(chunk.prompt_lens), torch.tensor(chunk.response_lens)
         width = int(resp.max())
         attention = (torch.arange(used)[None] < (prompt + resp)[:, None]).long()
         mask = (torch.arange(width)[None] < resp[:, None]).float()
         with torch.no_grad():
             ref = self._logprobs(self.ref, ids, attention, prompt, width)
         lp = self._logprobs(self.model, ids, attention, prompt, width)
-        adv = torch.tensor(batch.advantages)[:, None]
+        adv = torch.tensor(chunk.advantages)[:, None]
         k3 = torch.exp(ref - lp) - (ref - lp) - 1
         per_token = -adv * torch.exp(lp - lp.detach()) + self.kl * k3
-        loss = ((per_token * mask).sum(1) / mask.sum(1).clamp(min=1)).mean()
+        loss = ((per_token * mask).sum(1) / mask.sum(1).clamp(min=1)).sum() / len(batch)
         loss.backward()
+
+    def step(self, batch) -> float:
+        """Seconds for one update on ``batch`` (a ``TrainBatch``)."""
+        from cluster.algo.microbatch import plan
+
+        start = time.perf_counter()
+        lengths = batch.prompt_lens + batch.response_lens
+        for rows in plan(lengths, max_rows=len(batch), max_tokens=self.bucket_tokens):
+            self._chunk(batch, rows)
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)

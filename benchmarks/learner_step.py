@@ -17,8 +17,11 @@ import time
 
 from workloads import WORKLOADS, Workload, init_ray, median, model_path, prompt_rows, table
 
+BUCKET_TOKENS = 4096
+"""deploy/configs/demo.yaml's learner.micro_batch_tokens."""
 
-def start_ranks(path: str, world: int, micro: int, lr: float):
+
+def start_ranks(path: str, world: int, micro: int, lr: float, tokens: int | None = None):
     from actors.learner import PolicyLearner
     from cluster.config import LearnerConfig
     from cluster.payloads import LearnerSpec
@@ -26,7 +29,9 @@ def start_ranks(path: str, world: int, micro: int, lr: float):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    cfg = LearnerConfig(world_size=world, cpus_per_rank=2 / world, lr=lr, micro_batch_size=micro)
+    cfg = LearnerConfig(
+        world_size=world, cpus_per_rank=2 / world, lr=lr, micro_batch_size=micro, micro_batch_tokens=tokens
+    )
     specs = [
         LearnerSpec(
             rank=rank,
@@ -61,7 +66,10 @@ def run(w: Workload, steps: int, warmup: int) -> dict[str, float]:
     batch = train_batch(prompts, w.group, completions)
     objective = GRPOObjective(kl_coef=w.kl, max_tokens=w.new_tokens)
     sides = {f"W={n}": start_ranks(path, n, len(batch), w.lr) for n in (1, 2)}
-    plain = PlainTrainer(path, w.lr, w.kl)
+    plains = {"plain": PlainTrainer(path, w.lr, w.kl)}
+    if not w.fixed:  # length buckets (the demo config's learner.micro_batch_tokens) on both sides
+        sides["W=1 bucketed"] = start_ranks(path, 1, len(batch), w.lr, BUCKET_TOKENS)
+        plains["plain bucketed"] = PlainTrainer(path, w.lr, w.kl, bucket_tokens=BUCKET_TOKENS)
     ref = ray.put(batch)
     times: dict[str, list[float]] = {}
     for i in range(steps + warmup):
@@ -70,9 +78,10 @@ def run(w: Workload, steps: int, warmup: int) -> dict[str, float]:
             ray.get([r.train_step.remote(ref, objective) for r in ranks])
             if i >= warmup:
                 times.setdefault(name, []).append(time.perf_counter() - t0)
-        seconds = plain.step(batch)
-        if i >= warmup:
-            times.setdefault("plain", []).append(seconds)
+        for name, plain in plains.items():
+            seconds = plain.step(batch)
+            if i >= warmup:
+                times.setdefault(name, []).append(seconds)
     for ranks in sides.values():
         for r in ranks:
             ray.kill(r)
@@ -101,6 +110,22 @@ def main() -> None:
     ]
     header = ["workload", "batch", "plain s", "r1ray W=1 s", "W=2 s", "W=1/plain", "W=2/plain"]
     table(f"learner step (train + reference forward), median of {args.steps}, interleaved", header, rows)
+    bucketed = {n: r for n, r in results.items() if "W=1 bucketed" in r}
+    table(
+        f"the same with length buckets of <= {BUCKET_TOKENS} padded tokens (learner.micro_batch_tokens), s",
+        ["workload", "plain", "plain bucketed", "r1ray W=1 bucketed", "bucketed/plain", "r1ray bucketed/plain"],
+        [
+            [
+                n,
+                r["plain"],
+                r["plain bucketed"],
+                r["W=1 bucketed"],
+                r["plain bucketed"] / r["plain"],
+                r["W=1 bucketed"] / r["plain bucketed"],
+            ]
+            for n, r in bucketed.items()
+        ],  # fmt: skip
+    )
     print(
         "\nlearner overhead vs plain PyTorch: "
         + ", ".join(

@@ -276,6 +276,10 @@ class LearnerConfig(Section):
     """Max global gradient norm."""
     micro_batch_size: int = Field(64, ge=1)
     """Sequences per forward/backward on one rank; gradients accumulate over micro-batches."""
+    micro_batch_tokens: int | None = Field(None, ge=1)
+    """Length-bucketed micro-batches (verl's dynamic batch size): rows sorted by length, each micro-batch at
+    most this many padded tokens (rows x its longest row) and ``micro_batch_size`` rows. Cuts the padding of
+    batches that mix short and long completions; None keeps batch order."""
     activation_checkpointing: bool = False
     """Recompute activations in backward to save memory."""
     mixed_precision: Literal["no", "bf16"] = "no"

@@ -91,8 +91,10 @@ def _full_batch_gradient(model_path, batch: TrainBatch, objective) -> dict[str, 
     return {name: p.grad.numpy() for name, p in model.named_parameters()}
 
 
-def _learner_gradients(model_path, world: int, micro: int, batch: TrainBatch, objectives) -> list[dict]:
-    ranks = start_ranks(model_path, LearnerConfig(world_size=world, micro_batch_size=micro))
+def _learner_gradients(
+    model_path, world: int, micro: int, batch: TrainBatch, objectives, tokens: int | None = None
+) -> list[dict]:
+    ranks = start_ranks(model_path, LearnerConfig(world_size=world, micro_batch_size=micro, micro_batch_tokens=tokens))
     try:
         ref = ray.put(batch)
         return [ray.get([r.gradients.remote(ref, objective) for r in ranks])[0] for objective in objectives]
@@ -108,14 +110,17 @@ OBJECTIVES = [
 ]
 
 
-@pytest.mark.parametrize(("world", "micro"), [(1, 8), (1, 3), (1, 1), (2, 2)])
-def test_gradient_equals_the_full_batch_gradient_in_every_layout(ray_cluster, tied_model, world, micro):
-    """Micro-batches of 8, 3 and 1 rows on one rank, and 2 ranks with micro-batches of 2, for GRPO's two
-    weightings and SFT: the gradient is the full-batch gradient, so a scale error (a factor of the world size,
-    of the micro-batch count, a token count taken per micro-batch) shows up at once, unlike in the weights
-    after one Adam step."""
+@pytest.mark.parametrize(
+    ("world", "micro", "tokens"), [(1, 8, None), (1, 3, None), (1, 1, None), (2, 2, None), (1, 8, 30), (2, 4, 24)]
+)
+def test_gradient_equals_the_full_batch_gradient_in_every_layout(ray_cluster, tied_model, world, micro, tokens):
+    """Micro-batches of 8, 3 and 1 rows on one rank, 2 ranks with micro-batches of 2, and length-bucketed
+    micro-batches (rows sorted by length, at most ``tokens`` padded tokens each) on 1 and 2 ranks, for GRPO's
+    two weightings and SFT: the gradient is the full-batch gradient, so a scale error (a factor of the world
+    size, of the micro-batch count, a token count taken per micro-batch) or a row matched to another row's
+    advantage shows up at once, unlike in the weights after one Adam step."""
     batch = _batch(rows=8, seed=3)
-    got = _learner_gradients(tied_model, world, micro, batch, OBJECTIVES)
+    got = _learner_gradients(tied_model, world, micro, batch, OBJECTIVES, tokens)
     for objective, grads in zip(OBJECTIVES, got, strict=True):
         want = _full_batch_gradient(tied_model, batch, objective)
         scale = max(np.abs(g).max() for g in want.values())
@@ -141,6 +146,19 @@ def _plain_logprobs(model_path, batch: TrainBatch) -> np.ndarray:
             logits = model(input_ids=seq).logits[0, p - 1 : p + r - 1]
             table[i, :r] = token_logprobs(logits[None], seq[:, p : p + r])[0].numpy()
     return table
+
+
+def test_length_bucketed_logprobs_come_back_in_batch_order(ray_cluster, tied_model):
+    """With ``micro_batch_tokens`` the rows run sorted by length in several micro-batches; the logprob table
+    (the reference's, the behaviour policy's) comes back row for row in the batch's order."""
+    ranks = start_ranks(tied_model, LearnerConfig(micro_batch_size=8, micro_batch_tokens=20))
+    try:
+        probe = _batch(rows=12, seed=7)
+        got = ray.get(ranks[0].compute_logprobs.remote(probe, temperature=1.0))
+    finally:
+        for r in ranks:
+            ray.kill(r)
+    np.testing.assert_allclose(got, _plain_logprobs(tied_model, probe), atol=1e-5)
 
 
 def test_rank0_load_at_world_size_two_and_sharded_resume(ray_cluster, tied_model, tmp_path):
