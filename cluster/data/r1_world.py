@@ -102,18 +102,20 @@ def typo(word: str, rng: random.Random) -> str:
     return word[:i] + rng.choice([c for c in letters if c != word[i]]) + word[i + 1 :]
 
 
-def near_miss(word: str, rng: random.Random) -> str:
-    """A wrong answer to echo ``word``, as a policy might write one: mostly a typo, else a letter dropped or
-    added, or junk (letters of both scripts and arithmetic signs, possibly with a stray tag), so the reward
+def near_miss(word: str, rng: random.Random, typo_share: float = 0.8) -> str:
+    """A wrong answer to echo ``word``, as a policy might write one: mostly (``typo_share``) a one-letter typo,
+    the mistake a copying policy makes and the one a reward model finds hardest to see; else a letter dropped
+    or added, or junk (letters of both scripts and arithmetic signs, possibly with a stray tag), so the reward
     model also ranks what no annotator would have written below the copy."""
     kind = rng.random()
-    if kind < 0.5:
+    if kind < typo_share:
         return typo(word, rng)
+    kind = (kind - typo_share) / (1 - typo_share)
     letters = next(s for s in SCRIPTS.values() if word[0] in s)
-    if kind < 0.65 and len(word) > 1:
+    if kind < 0.35 and len(word) > 1:
         i = rng.randrange(len(word))
         return word[:i] + word[i + 1 :]
-    if kind < 0.8:
+    if kind < 0.7:
         i = rng.randrange(len(word) + 1)
         return word[:i] + rng.choice(letters) + word[i:]
     pool = SCRIPTS["en"] + SCRIPTS["ru"] + "+=;"
@@ -133,7 +135,11 @@ class WorldRecipe:
     train_general: int = 1000
     cold_start: int = 300
     general_sft: int = 400
-    preference_pairs: int = 2000
+    preference_pairs: int = 16000
+    """Many fresh pairs rather than epochs over few: a small reward model memorises words before it learns to
+    compare the answer with the prompt letter by letter."""
+    pair_typo_share: float = 0.8
+    """Share of the rejected answers that are one-letter typos (the rest: dropped or added letters, junk)."""
     # pre-training text
     general_share: float = 0.35
     long_fraction: float = 0.2
@@ -161,7 +167,7 @@ class WorldRecipe:
     student_long_only: int = 280
     probe_problems: int = 64
     """Held-out problems (and as many echoes) the probe after pre-training samples."""
-    version: int = 3
+    version: int = 4
     extra: dict = field(default_factory=dict)
 
     def key(self) -> str:
@@ -252,7 +258,7 @@ def write_files(world: World, out: Path) -> dict[str, str]:
     pairs = []
     for _ in range(r.preference_pairs):  # the reward model judges the answer only: the span it will see
         e = world.echo(rng)
-        pairs.append({"prompt": e.prompt, "chosen": e.word, "rejected": near_miss(e.word, rng)})
+        pairs.append({"prompt": e.prompt, "chosen": e.word, "rejected": near_miss(e.word, rng, r.pair_typo_share)})
     files = {
         "eval": evals,
         "reasoning_eval": evals[: len(world.eval_problems)],

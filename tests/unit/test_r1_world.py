@@ -191,4 +191,4 @@ def test_preference_pairs_reject_typos_near_misses_and_junk() -> None:
     assert all(r != w for r, w in zip(rejected, words, strict=True))
     same_length = sum(len(r) == len(w) for r, w in zip(rejected, words, strict=True)) / len(words)
     junk = sum(any(c in r for c in "+=;<") for r in rejected) / len(words)
-    assert 0.45 < same_length < 0.75 and 0.1 < junk < 0.3
+    assert 0.75 < same_length < 0.9 and 0.02 < junk < 0.12
