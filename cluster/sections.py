@@ -69,8 +69,16 @@ class SampleConfig(Section):
     """Drop completions with a repetition loop (a stretch of 8+ characters repeated 3+ times in a row)."""
     no_code_fences: bool = True
     """Drop completions containing Markdown code fences."""
+    output: Literal["sft", "pairs"] = "sft"
+    """``sft``: the kept completions as ``prompt``/``response`` rows. ``pairs``: preference pairs for ``r1ray rm``
+    (``prompt``/``chosen``/``rejected``), the model's own mistakes labelled by the rules as annotators would label
+    its samples: a kept completion against one of the same prompt that the accuracy reward scores wrong, both cut
+    to ``pair_span``; at most ``keep_per_prompt`` pairs per prompt, no rejected text twice."""
+    pair_span: Literal["answer", "response"] = "answer"
+    """What a pair holds of each completion: the span its reward model will judge (``reward.models.*.span``)."""
     mix: str | None = None
-    """Other SFT rows (same layout as the output: ``prompt``/``response``) mixed into the output."""
+    """Other rows in the output's layout (``prompt``/``response``, or ``prompt``/``chosen``/``rejected`` for
+    ``pairs``) mixed into the output."""
     mix_ratio: float = Field(0.0, ge=0.0, lt=1.0)
     """Share of the output taken from ``mix`` (R1: ~200k non-reasoning of ~800k)."""
 

@@ -1,4 +1,5 @@
-"""Find ``<tag>...</tag>`` blocks in model output with linear-time string search (no regex backtracking)."""
+"""Find ``<tag>...</tag>`` blocks in model output with linear-time string search (no regex backtracking), and the
+span of a completion a reward model judges."""
 
 from __future__ import annotations
 
@@ -12,3 +13,15 @@ def last_block(text: str, tag: str) -> str | None:
     if start < 0:
         return None
     return text[start + len(tag) + 2 : close]
+
+
+def judged_span(completion: str, span: str) -> str:
+    """What a reward model judges: the final ``<answer>`` (else the text after ``</think>``, else all of it),
+    or the whole response (``span == "response"``)."""
+    if span == "response":
+        return completion
+    answer = last_block(completion, "answer")
+    if answer is not None:
+        return answer
+    _, closed, after = completion.rpartition("</think>")
+    return after if closed else completion

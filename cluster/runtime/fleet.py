@@ -27,7 +27,7 @@ from cluster.runtime.faults import FAULTS
 from cluster.runtime.placement import SCORER_CPUS, Placement, actor_options, create_placement
 from cluster.runtime.weight_sync import WeightSync, weight_sync_backend
 from rewards.registry import RowInfo
-from rewards.tags import last_block
+from rewards.tags import judged_span
 
 
 @ray.remote(num_cpus=0)
@@ -87,18 +87,6 @@ def _retry_name(create, attempts: int = 50):
                 raise
             time.sleep(0.2)
     raise AssertionError("unreachable")
-
-
-def judged_span(completion: str, span: str) -> str:
-    """What a reward model judges: the final ``<answer>`` (else the text after ``</think>``, else all of it),
-    or the whole response."""
-    if span == "response":
-        return completion
-    answer = last_block(completion, "answer")
-    if answer is not None:
-        return answer
-    _, closed, after = completion.rpartition("</think>")
-    return after if closed else completion
 
 
 def add_model_rewards(cfg: RunConfig, scores: Scores, model_scores: dict[str, np.ndarray], info: list) -> Scores:

@@ -177,6 +177,8 @@ def load_pipeline(path: str | Path, overrides: list[str] | tuple[str, ...] = ())
                     f"{where}: {dotted}: from {other!r} names no earlier stage{later}; earlier stages: {known}"
                 )
             produced, wanted = PRODUCES[earlier[other].kind], _wanted(dotted)
+            if kind == "rm" and wanted == "model" and produced == "reward model":
+                wanted = produced  # a reward model trained further (on newer pairs)
             if wanted and produced != wanted:
                 raise PipelineError(
                     f"{where}: {dotted}: stage {other!r} ({earlier[other].kind}) produces a {produced}, not a {wanted}"

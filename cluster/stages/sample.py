@@ -6,7 +6,9 @@ bounds; correct; well-formed; language-consistent; no repetition loop, code fenc
 paragraph), at most ``sample.keep_per_prompt`` per prompt (shortest first, or at random). Rows of
 ``sample.mix`` (non-reasoning SFT data) are mixed in at ``sample.mix_ratio``. Writes
 ``<run_dir>/data.jsonl`` (``prompt``, ``response`` and the row's provenance: source model, stage,
-sampling parameters, every reward component) and ``yield.json`` (kept / sampled, per filter).
+sampling parameters, every reward component) and ``yield.json`` (kept / sampled, per filter). With
+``sample.output: pairs`` the rows are preference pairs instead (``prompt``, ``chosen``, ``rejected``): a kept
+completion against a wrong one of the same prompt, for a reward model trained on the policy's own samples.
 Prompts go in chunks, each written to ``chunks/`` when done, so an interrupted stage resumes.
 """
 
@@ -28,6 +30,7 @@ from cluster.progress import track
 from cluster.stages.common import open_run, write_json
 from cluster.stages.stopping import STOP
 from rewards.language import consistency_reward
+from rewards.tags import judged_span
 
 CHUNK_PROMPTS = 64
 FILTERS = ("finished", "length", "correct", "format", "language", "repetition", "code_fence", "paragraph")
@@ -79,6 +82,14 @@ def select(cfg: RunConfig, examples: list[Example], rollouts: Rollouts, scores: 
             passing.sort(key=lambda item: (item[0], item[1]))
         else:
             rng.shuffle(passing)
+        if s.output == "pairs":
+            pairs = _pairs(
+                cfg, ex, language, rollouts, scores, [row for _, row, _ in passing], range(i * k, (i + 1) * k)
+            )
+            counts["kept"] += len(pairs)
+            counts["prompts_with_kept"] += bool(pairs)
+            kept += pairs
+            continue
         chosen = passing[: s.keep_per_prompt]
         counts["kept"] += len(chosen)
         counts["prompts_with_kept"] += bool(chosen)
@@ -97,6 +108,31 @@ def select(cfg: RunConfig, examples: list[Example], rollouts: Rollouts, scores: 
                 }
             )
     return kept, counts
+
+
+def _pairs(cfg: RunConfig, ex: Example, language: str, rollouts: Rollouts, scores: Scores, passing, rows) -> list:
+    """One prompt's preference pairs: distinct passing spans (in ``passing``'s order) against distinct spans the
+    accuracy reward scores wrong (in sampling order), at most ``sample.keep_per_prompt``."""
+    s = cfg.sample
+    accuracy = scores.components[cfg.reward.accuracy_key]
+    chosen = list(dict.fromkeys(judged_span(rollouts.texts[row], s.pair_span) for row in passing))
+    good = set(chosen)
+    wrong = (judged_span(rollouts.texts[row], s.pair_span) for row in rows if accuracy[row] <= 0.5)
+    rejected = [text for text in dict.fromkeys(wrong) if text not in good and text.strip()]
+    if not chosen:
+        return []
+    return [
+        {
+            "id": ex.id,
+            "prompt": ex.prompt,
+            "chosen": chosen[j % len(chosen)],
+            "rejected": text,
+            "answer": ex.answer,
+            "task": ex.task,
+            "language": language,
+        }
+        for j, text in enumerate(rejected[: s.keep_per_prompt])
+    ]
 
 
 def run_sample(cfg: RunConfig, resume: bool = False) -> dict:
@@ -181,7 +217,8 @@ def run_sample(cfg: RunConfig, resume: bool = False) -> dict:
     write_json(cfg.run_dir / "summary.json", summary)
     failed = ", ".join(f"{name} {counts[f'failed_{name}']}" for name in FILTERS if counts[f"failed_{name}"])
     print(
-        f"sample done: kept {counts['kept']} of {counts['sampled']} samples ({yields['yield']:.1%}), "
+        f"sample done: kept {counts['kept']} {'pairs' if s.output == 'pairs' else 'samples'} of {counts['sampled']} "
+        f"sampled ({yields['yield']:.1%}), "
         f"{counts['prompts_with_kept']}/{len(examples)} prompts; rejected by: {failed or 'none'}; "
         f"mixed in {len(mixed)}; wrote {len(out)} rows to {data}",
         flush=True,
@@ -206,9 +243,12 @@ def _mix(cfg: RunConfig, kept: int) -> list[dict]:
         return []
     pool = []
     for where, row in read_rows(s.mix):
-        for key in ("prompt", "response"):
+        for key in ("prompt", "chosen", "rejected") if s.output == "pairs" else ("prompt", "response"):
             if not isinstance(row.get(key), str) or not row[key].strip():
-                raise DataError(f"{where}: sample.mix rows need non-empty text {key!r}; it has {sorted(row)}")
+                raise DataError(
+                    f"{where}: sample.mix rows need non-empty text {key!r} (sample.output: {s.output}); "
+                    f"it has {sorted(row)}"
+                )
         pool.append(row | {"source": {"mix": s.mix}})
     want = int(round(kept * s.mix_ratio / (1 - s.mix_ratio)))
     if want > len(pool):

@@ -130,3 +130,20 @@ def test_stage_figures_per_kind():
     assert stage_figures("eval", ev) == {"pass@1": 0.5, "cons@4": 0.75, "greedy": 0.25}
     sft = {"eval_loss_before": 2.0, "eval_loss_after": 1.0}
     assert stage_figures("sft", sft) == sft
+
+
+def test_a_reward_model_trains_further_on_pairs_of_the_policys_own_samples(tmp_path):
+    """rm from rm (iterated reward modelling): a sample stage's pairs feed a reward model that starts from an
+    earlier one; an RL stage still may not start from a reward model (the parametrized errors above)."""
+    stages = [
+        {"name": "judge", "kind": "rm", "rm": {"train": "pairs.jsonl"}},
+        SFT,
+        {"name": "pairs", "kind": "sample", "model": {"from": "cold"}, "sample": {"prompts": 4, "output": "pairs"}},
+        {"name": "judge2", "kind": "rm", "model": {"from": "judge"}, "data": {"from": "pairs"}},
+    ]
+    pipe = load_pipeline(_write(tmp_path, stages))
+    second = pipe.stages[3]
+    assert second.refs == {"model.path": "judge", "rm.train": "pairs"}
+    cfg = pipe.config(second, {"judge": "/rm/step-9", "pairs": "/p/data.jsonl", "cold": "/ck"})
+    assert (cfg.model.path, cfg.rm.train) == ("/rm/step-9", "/p/data.jsonl")
+    assert pipe.config(pipe.stages[2], {"judge": "/rm", "cold": "/ck"}).sample.output == "pairs"

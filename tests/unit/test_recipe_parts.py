@@ -13,11 +13,12 @@ from cluster.data.sft_data import SFTRow, epoch_batches, load_sft_rows, sft_batc
 from cluster.data.tasks import Example
 from cluster.errors import DataError
 from cluster.payloads import Rollouts, Scores
-from cluster.runtime.fleet import add_model_rewards, judged_span
+from cluster.runtime.fleet import add_model_rewards
 from cluster.stages.benchmark import build_report
 from cluster.stages.sample import failed_filters, select
 from rewards.language import detect_language
 from rewards.registry import RowInfo, WeightedReward
+from rewards.tags import judged_span
 
 
 def _cfg(**sections) -> RunConfig:
@@ -127,6 +128,29 @@ def test_select_keeps_the_shortest_passing_samples_and_counts_each_filter():
     assert counts["failed_correct"] == 1 and counts["failed_format"] == 1 and counts["failed_code_fence"] == 1
     assert counts["failed_language"] >= 1 and counts["failed_finished"] == 1
     assert failed_filters(cfg, good_short, 5, "stop", {"exact": 1.0, "format": 1.0}, "en") == []
+
+
+def test_pairs_output_pits_each_prompts_kept_answers_against_its_distinct_wrong_ones():
+    cfg = _cfg(sample={"output": "pairs", "keep_per_prompt": 2, "require_format": False})
+    right, right_long = "<think></think><answer>abc</answer>", "<think>ab</think><answer>abc</answer>"
+    texts = [right, "<think></think><answer>abd</answer>", "<answer>abd</answer>", "xbc", right_long, "abe"]
+    texts += ["<answer>q</answer>"] * 3 + ["<answer>r</answer>"] * 3  # prompt b: nothing right, no pair
+    exact = np.array([1, 0, 0, 0, 1, 0] + [0] * 6, np.float32)
+    fmt = np.ones(12, np.float32)
+    scores = Scores(total=exact, components={"exact": exact, "format": fmt})
+    rollouts = _rollouts(texts, [4, 4, 3, 2, 6, 2] + [2] * 6, ["stop"] * 12, k=6)
+    examples = [Example(prompt="(abc)=", answer="abc", id="a", task="echo"), Example(prompt="(q)=", answer="x", id="b")]
+    pairs, counts = select(cfg, examples, rollouts, scores, seed=0)
+    # the answer span is what the pair holds; "abd" twice is one rejected text; two pairs at most per prompt
+    assert [(p["id"], p["prompt"], p["chosen"], p["rejected"]) for p in pairs] == [
+        ("a", "(abc)=", "abc", "abd"),
+        ("a", "(abc)=", "abc", "xbc"),
+    ]
+    assert pairs[0]["task"] == "echo" and counts["kept"] == 2 and counts["prompts_with_kept"] == 1
+    whole = _cfg(sample={"output": "pairs", "keep_per_prompt": 4, "require_format": False, "pair_span": "response"})
+    pairs, _ = select(whole, examples, rollouts, scores, seed=0)
+    chosen = [p["chosen"] for p in pairs]
+    assert chosen == [right, right_long] * 2 and len({p["rejected"] for p in pairs}) == 4
 
 
 # ---------------------------------------------------------------- eval report
