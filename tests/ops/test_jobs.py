@@ -1,10 +1,10 @@
 """`r1ray train` as a Ray job: submitted with the `ray` CLI, with `r1ray submit`, and stopped with `ray job stop`.
 
-One local head (dashboard on, 8 logical CPUs, auth disabled) serves all three tests. The runs
+One local head (dashboard on, 8 logical CPUs, auth disabled) serves both tests. The runs
 share one output_dir, so the builtin base model is pre-trained once (by the first job) and
-reused by the others; each run has its own name and so its own run directory. Jobs upload the
+reused by the other; each run has its own name and so its own run directory. Jobs upload the
 repository as their working_dir, so the run directory is an absolute path outside it.
-Run: `pytest tests/ops/test_jobs.py -v` (5-7 minutes on 2 busy CPU cores).
+Run: `pytest tests/ops/test_jobs.py -v` (3-4 minutes on 2 busy CPU cores).
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ import pytest
 from ray.job_submission import JobStatus, JobSubmissionClient
 
 from cluster.runtime.metrics import RAY_GAUGES
-from cluster.runtime.submit import entrypoint, runtime_env
 from cluster.stages import checkpoint
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
@@ -169,25 +168,6 @@ def test_ray_job_submit_cli_runs_smoke_and_exports_gauges(head, client, output_d
     assert "job-cli" in metrics.runs_with_all(GAUGES), metrics.seen
 
 
-def test_r1ray_submit_runs_smoke_through_the_sdk(head, client, output_dir):
-    cmd = [sys.executable, "-m", "cluster", "submit", "--address", head.dashboard_url, "--config", SMOKE]
-    for item in smoke_overrides(output_dir, "job-sdk"):
-        cmd += ["--set", item]
-    cmd += ["--working-dir", str(REPO_ROOT)]
-    started = time.monotonic()
-    result = subprocess.run(cmd, env=head.env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=JOB_TIMEOUT_S)
-    print(f"r1ray submit: {time.monotonic() - started:.0f} s")
-
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
-    submitted = re.search(r"^submitted job (\S+) to ", result.stdout, re.MULTILINE)
-    assert submitted, result.stdout[-2000:]
-    job_id = submitted.group(1)
-    assert client.get_job_status(job_id) == JobStatus.SUCCEEDED
-    assert f"job {job_id}: SUCCEEDED" in result.stdout
-    assert "run directory:" in result.stdout  # the job's own output was streamed back
-    assert_finished_run(output_dir / "job-sdk", steps=2)
-
-
 def run_actors(dashboard_url: str, ray_job_id: str | None = None, state: str | None = None) -> list:
     """The r1ray actors (rollout-*, learner-*, reward-*) on the cluster, of one Ray job and in one state if given."""
     from ray.util.state import list_actors
@@ -215,30 +195,53 @@ def latest_step(run_dir: Path) -> int:
     return int(last.name.removeprefix("step-")) if last else 0
 
 
-def test_ray_job_stop_unwinds_and_leaves_a_complete_checkpoint(head, client, output_dir):
+def test_r1ray_submit_follows_a_job_that_ray_job_stop_unwinds_leaving_a_complete_checkpoint(head, client, output_dir):
+    """`r1ray submit` (the SDK) submits a long run and streams its logs; `ray job stop` (the same call through the
+    SDK) ends it after its step-2 checkpoint: the actors and processes go, the checkpoint is whole, and `r1ray
+    submit` reports the job's end and exits non-zero."""
     run_dir = output_dir / "job-stop"
-    overrides = smoke_overrides(output_dir, "job-stop", "grpo.steps=200", "checkpoint_every=1")
-    job_id = client.submit_job(entrypoint=entrypoint(SMOKE, overrides), runtime_env=runtime_env(str(REPO_ROOT)))
+    cmd = [sys.executable, "-m", "cluster", "submit", "--address", head.dashboard_url, "--config", SMOKE]
+    for item in smoke_overrides(output_dir, "job-stop", "grpo.steps=200", "checkpoint_every=1"):
+        cmd += ["--set", item]
+    cmd += ["--working-dir", str(REPO_ROOT)]
+    submitter = subprocess.Popen(
+        cmd, env=head.env, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(submitter.stdout), daemon=True)
+    reader.start()
+    try:
+        started = time.monotonic()
+        deadline = started + JOB_TIMEOUT_S
+        job_id = None
+        while job_id is None or latest_step(run_dir) < 2:
+            assert submitter.poll() is None, "".join(lines)[-4000:]
+            assert time.monotonic() < deadline, f"no step-2 checkpoint in {JOB_TIMEOUT_S} s:\n{''.join(lines)[-4000:]}"
+            found = re.search(r"^submitted job (\S+) to ", "".join(lines), re.MULTILINE)
+            job_id = found.group(1) if found else None
+            time.sleep(0.2)
+        print(f"step-2 checkpoint after {time.monotonic() - started:.0f} s")
+        assert client.get_job_status(job_id) == JobStatus.RUNNING
+        ray_job_id = client.get_job_info(job_id).driver_info.id
+        actors = run_actors(head.dashboard_url, ray_job_id, state="ALIVE")
+        assert {a.name.split("-")[0] + "-" for a in actors} == set(ACTOR_PREFIXES), [a.name for a in actors]
+        titles = {f"ray::{a.class_name}" for a in actors}
+        running = run_processes(head, titles)
+        # On CPU each vLLM engine runs inside its rollout actor's process (rollout.engine_in_actor).
+        assert any(p.split(" ", 1)[1].startswith("ray::RolloutEngine") for p in running), running
+        assert any("-m cluster train" in p for p in running), running
+        _stop_and_check(head, client, job_id, ray_job_id, titles, run_dir)
+        assert submitter.wait(timeout=60) == 1
+        reader.join(timeout=10)
+        out = "".join(lines)
+        assert f"job {job_id}: STOPPED" in out, out[-2000:]
+        assert "step    1/200 |" in out, out[-2000:]  # the job's own output was streamed back
+    finally:
+        if submitter.poll() is None:
+            submitter.kill()
 
-    started = time.monotonic()
-    deadline = started + JOB_TIMEOUT_S
-    while latest_step(run_dir) < 2:
-        status = client.get_job_status(job_id)
-        assert not status.is_terminal(), f"{status} before step 2:\n{job_log_tail(client, job_id)}"
-        assert time.monotonic() < deadline, (
-            f"no step-2 checkpoint in {JOB_TIMEOUT_S} s:\n{job_log_tail(client, job_id)}"
-        )
-        time.sleep(0.2)
-    print(f"step-2 checkpoint after {time.monotonic() - started:.0f} s")
-    ray_job_id = client.get_job_info(job_id).driver_info.id
-    actors = run_actors(head.dashboard_url, ray_job_id, state="ALIVE")
-    assert {a.name.split("-")[0] + "-" for a in actors} == set(ACTOR_PREFIXES), [a.name for a in actors]
-    titles = {f"ray::{a.class_name}" for a in actors}
-    running = run_processes(head, titles)
-    # On CPU each vLLM engine runs inside its rollout actor's process (rollout.engine_in_actor).
-    assert any(p.split(" ", 1)[1].startswith("ray::RolloutEngine") for p in running), running
-    assert any("-m cluster train" in p for p in running), running
 
+def _stop_and_check(head, client, job_id: str, ray_job_id: str, titles: set[str], run_dir: Path) -> None:
     stop_sent = time.monotonic()
     assert client.stop_job(job_id)
     status = wait_for_status(client, job_id, {JobStatus.STOPPED, JobStatus.FAILED, JobStatus.SUCCEEDED}, 60)
