@@ -115,7 +115,9 @@ def _pairs(cfg: RunConfig, ex: Example, language: str, rollouts: Rollouts, score
     accuracy reward scores wrong (in sampling order), at most ``sample.keep_per_prompt``."""
     s = cfg.sample
     accuracy = scores.components[cfg.reward.accuracy_key]
-    chosen = list(dict.fromkeys(judged_span(rollouts.texts[row], s.pair_span) for row in passing))
+    # chosen answers are right even where sample.require_correct is off
+    right = (row for row in passing if accuracy[row] > 0.5)
+    chosen = list(dict.fromkeys(judged_span(rollouts.texts[row], s.pair_span) for row in right))
     good = set(chosen)
     wrong = (judged_span(rollouts.texts[row], s.pair_span) for row in rows if accuracy[row] <= 0.5)
     rejected = [text for text in dict.fromkeys(wrong) if text not in good and text.strip()]

@@ -151,6 +151,10 @@ def test_pairs_output_pits_each_prompts_kept_answers_against_its_distinct_wrong_
     pairs, _ = select(whole, examples, rollouts, scores, seed=0)
     chosen = [p["chosen"] for p in pairs]
     assert chosen == [right, right_long] * 2 and len({p["rejected"] for p in pairs}) == 4
+    # with require_correct off a wrong completion passes the filters, but it is never a chosen answer
+    loose = _cfg(sample={"output": "pairs", "keep_per_prompt": 4, "require_format": False, "require_correct": False})
+    pairs, _ = select(loose, examples, rollouts, scores, seed=0)
+    assert {p["chosen"] for p in pairs} == {"abc"} and all(p["rejected"] != "abc" for p in pairs)
 
 
 # ---------------------------------------------------------------- eval report
