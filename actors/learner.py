@@ -11,7 +11,8 @@ group forms and the model loads: ``learner_model.py``; checkpoints: ``learner_ch
 With ``LearnerSpec.head == "reward"`` the rank trains a reward model instead: a sequence-classification
 model with one output (its head is new when it starts from a language model), whose per-sequence
 rewards go to a pairwise objective (``cluster/algo/pairwise.py``); its checkpoints load with
-``AutoModelForSequenceClassification``.
+``AutoModelForSequenceClassification``. With ``reward_score == "likelihood"`` that model is the language
+model itself, scored by the mean log-probability of the response (its config records ``reward_score``).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import torch.distributed as dist
 
 from actors import learner_checkpoint
 from actors.learner_model import all_reduce, init_group, load_sharded
-from actors.reward_model import last_token_rewards
+from actors.reward_model import LIKELIHOOD, last_token_rewards, likelihood_rewards
 from cluster.algo import microbatch
 from cluster.algo.logprobs import token_logprobs, token_logprobs_and_entropy
 from cluster.algo.objective import LossInputs, Objective
@@ -61,7 +62,9 @@ class LearnerRank:
         # Tokenizer and config come from the base model: model_path may be a checkpoint that rotation deletes.
         self.base_path = spec.base_path
         self.trust_remote_code = spec.trust_remote_code
-        self.head, self.seed = spec.head, spec.seed
+        self.head, self.seed, self.reward_score = spec.head, spec.seed, spec.reward_score
+        # A causal LM: a policy, or a reward model scored by likelihood.
+        self.language_model = self.head == "causal" or self.reward_score == LIKELIHOOD
         self.model = self._load_sharded(spec.model_path, trainable=True)
         self.ref = self._load_sharded(self.base_path, trainable=False) if spec.reference else None
         self.optimizer = torch.optim.AdamW(
@@ -80,7 +83,7 @@ class LearnerRank:
 
         bf16 = self.cfg.mixed_precision == "bf16"
         dtype = torch.bfloat16 if bf16 and not trainable else torch.float32
-        if self.head == "reward":
+        if not self.language_model:
             config = self._reward_config(path)
 
             def load_full():
@@ -92,9 +95,13 @@ class LearnerRank:
                 )
         else:
             config = AutoConfig.from_pretrained(path, trust_remote_code=self.trust_remote_code)
+            if self.head == "reward":  # recorded in every checkpoint's config.json: the server scores it alike
+                config.reward_score = LIKELIHOOD
 
             def load_full():
-                return AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=self.trust_remote_code)
+                return AutoModelForCausalLM.from_pretrained(
+                    path, config=config, dtype=dtype, trust_remote_code=self.trust_remote_code
+                )
 
             def build_empty():
                 return AutoModelForCausalLM.from_config(config, dtype=dtype, trust_remote_code=self.trust_remote_code)
@@ -189,10 +196,14 @@ class LearnerRank:
         return out
 
     def _rewards(self, model: torch.nn.Module, batch: TrainBatch) -> torch.Tensor:
-        """(B,) the scalar head's output at each sequence's last token (prompt + response)."""
+        """(B,) the scalar head's output at each sequence's last token (prompt + response), or the response's
+        mean log-probability (``reward_score == "likelihood"``)."""
         ends = batch.prompt_lens + batch.response_lens
         used = min(batch.input_ids.shape[1], max(1, int(ends.max())))
         ids = torch.tensor(batch.input_ids[:, :used], device=self.device)
+        if self.reward_score == LIKELIHOOD:
+            starts = torch.tensor(batch.prompt_lens, device=self.device)
+            return likelihood_rewards(model, ids, starts, torch.tensor(ends, device=self.device))
         return last_token_rewards(model, ids, torch.tensor(ends, device=self.device))
 
     @torch.no_grad()

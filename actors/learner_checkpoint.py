@@ -96,7 +96,7 @@ def _load_full(learner, folder: Path, optimizer_state: dict) -> None:
 
     opts = StateDictOptions(full_state_dict=True)
     weights = load_file(folder / "model.safetensors")
-    if learner.head == "causal" and learner.model.config.tie_word_embeddings:
+    if learner.language_model and learner.model.config.tie_word_embeddings:
         weights["lm_head.weight"] = weights["model.embed_tokens.weight"]
     set_model_state_dict(learner.model, weights, options=opts)
     set_optimizer_state_dict(learner.model, learner.optimizer, optimizer_state, options=opts)

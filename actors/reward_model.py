@@ -1,12 +1,16 @@
-"""Reward-model server: scores (prompt, response) pairs with a trained sequence-classification checkpoint.
+"""Reward-model server: scores (prompt, response) pairs with a trained reward-model checkpoint.
 
 ``RewardModel`` is the plain class; ``RewardModelServer`` its Ray actor (the caller sets its CPUs or
-GPU with ``.options``). It loads what ``r1ray rm`` writes (a Hugging Face
-``AutoModelForSequenceClassification`` folder with one label, plus its tokenizer) and returns one
-float32 reward per pair: the scalar head at the response's last token, the response tokenized
-apart from the prompt with EOS appended, exactly as the reward model was trained
-(``cluster/data/pairs.py``). ``last_token_rewards`` is the one place that reads a scalar head; the
-learner trains through it too.
+GPU with ``.options``). It loads what ``r1ray rm`` writes, plus its tokenizer, and returns one float32
+reward per pair, the response tokenized apart from the prompt with EOS appended, exactly as the reward
+model was trained (``cluster/data/pairs.py``):
+
+- a Hugging Face ``AutoModelForSequenceClassification`` folder with one label: the scalar head at the
+  response's last token (``last_token_rewards``);
+- a language model whose config says ``reward_score: likelihood`` (``rm.score``): the mean log-probability
+  of the response's tokens after the prompt (``likelihood_rewards``).
+
+These two functions are the one place each score is read; the learner trains through them too.
 """
 
 from __future__ import annotations
@@ -39,6 +43,29 @@ def last_token_rewards(model: torch.nn.Module, input_ids: torch.Tensor, ends: to
     return scores[torch.arange(len(ends), device=scores.device), ends - 1]
 
 
+LIKELIHOOD = "likelihood"
+"""The ``reward_score`` a likelihood-scored reward model's ``config.json`` carries."""
+
+
+def likelihood_rewards(
+    model: torch.nn.Module, input_ids: torch.Tensor, prompt_lens: torch.Tensor, ends: torch.Tensor
+) -> torch.Tensor:
+    """(B,) each right-padded row's mean log-probability (temperature 1) of its response tokens, positions
+    ``prompt_lens`` to ``ends - 1``, under the causal language model ``model``."""
+    positions = torch.arange(input_ids.shape[1], device=input_ids.device)
+    attention = (positions[None] < ends[:, None]).long()
+    logits = model(input_ids=input_ids, attention_mask=attention).logits[:, :-1].float()
+    logprobs = torch.log_softmax(logits, dim=-1).gather(-1, input_ids[:, 1:, None])[..., 0]
+    predicted = positions[None, 1:]
+    mask = ((predicted >= prompt_lens[:, None]) & (predicted < ends[:, None])).float()
+    return (logprobs * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+
+
+def reward_score_of(config) -> str:
+    """``head`` or ``likelihood``: how the checkpoint with this Hugging Face config scores a response."""
+    return LIKELIHOOD if getattr(config, "reward_score", None) == LIKELIHOOD else "head"
+
+
 class RewardModel:
     def __init__(
         self,
@@ -49,18 +76,21 @@ class RewardModel:
         batch_size: int = 32,
         trust_remote_code: bool = False,
     ) -> None:
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+        from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.device = torch.device(device)
         self.batch_size = batch_size
         self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-        model = AutoModelForSequenceClassification.from_pretrained(
-            path, dtype=getattr(torch, dtype), trust_remote_code=trust_remote_code
-        )
-        if model.config.num_labels != 1:
-            raise ValueError(f"{path}: a reward model has one output, this one has {model.config.num_labels}")
+        self.scoring = reward_score_of(AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code))
+        kwargs = {"dtype": getattr(torch, dtype), "trust_remote_code": trust_remote_code}
+        if self.scoring == LIKELIHOOD:
+            model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+        else:
+            model = AutoModelForSequenceClassification.from_pretrained(path, **kwargs)
+            if model.config.num_labels != 1:
+                raise ValueError(f"{path}: a reward model has one output, this one has {model.config.num_labels}")
         self.model = model.to(self.device).eval()
 
     def ready(self) -> bool:
@@ -76,15 +106,20 @@ class RewardModel:
         return np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)
 
     def _score(self, prompts: list[str], responses: list[str]) -> np.ndarray:
-        seqs = []
+        seqs, starts = [], []
         for prompt, response in zip(prompts, responses, strict=True):
             prompt_ids, response_ids = pair_tokens(self.tokenizer, prompt, response)
             seqs.append(prompt_ids + response_ids)
+            starts.append(len(prompt_ids))
         ids = torch.zeros((len(seqs), max(len(s) for s in seqs)), dtype=torch.long)
         for row, seq in enumerate(seqs):
             ids[row, : len(seq)] = torch.tensor(seq)
-        ends = torch.tensor([len(s) for s in seqs])
-        rewards = last_token_rewards(self.model, ids.to(self.device), ends.to(self.device))
+        ends = torch.tensor([len(s) for s in seqs], device=self.device)
+        ids = ids.to(self.device)
+        if self.scoring == LIKELIHOOD:
+            rewards = likelihood_rewards(self.model, ids, torch.tensor(starts, device=self.device), ends)
+        else:
+            rewards = last_token_rewards(self.model, ids, ends)
         return rewards.cpu().numpy().astype(np.float32)
 
 

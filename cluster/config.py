@@ -151,10 +151,13 @@ class RewardModelSpec(Section):
     """A trained reward model (``r1ray rm``) served as a reward: its scalar output is the reward."""
 
     path: str
-    """Hugging Face sequence-classification model folder (one output), e.g. an ``rm`` stage's checkpoint."""
-    span: Literal["answer", "response"] = "answer"
+    """An ``rm`` stage's checkpoint: a Hugging Face sequence-classification model folder (one output), or a
+    language model scored by likelihood (``rm.score: likelihood``; its config says so)."""
+    span: Literal["answer", "final", "response"] = "answer"
     """What it judges: the final ``<answer>`` (or the text after ``</think>``; R1's helpfulness, on the summary
-    only) or the whole ``response`` (R1's harmlessness: reasoning included)."""
+    only), ``final``: that answer inside an empty chain of thought (``<think></think><answer>...</answer>``,
+    for a likelihood-scored model that knows the format), or the whole ``response`` (R1's harmlessness:
+    reasoning included)."""
     batch_size: int = Field(16, ge=1)
     """Texts per forward pass."""
     cpus: float = Field(1.0, gt=0)

@@ -258,6 +258,9 @@ class LearnerSpec:
     head: Literal["causal", "reward"] = "causal"
     """``causal``: a language model (RL, SFT); ``reward``: a sequence-classification model with one scalar
     output (Bradley-Terry reward model training, ``r1ray rm``), initialised from ``model_path``."""
+    reward_score: Literal["head", "likelihood"] = "head"
+    """How a ``reward`` learner scores a sequence: the scalar head at its last token, or (``likelihood``) a
+    language model's mean log-probability of the response tokens (``rm.score``)."""
     seed: int = 0
     trust_remote_code: bool = False
 
@@ -266,3 +269,5 @@ class LearnerSpec:
             raise ValueError(f"rank {self.rank} outside world size {self.world_size}")
         if self.optimizer_steps < 1:
             raise ValueError(f"optimizer_steps must be >= 1, got {self.optimizer_steps}")
+        if self.reward_score != "head" and self.head != "reward":
+            raise ValueError(f"reward_score {self.reward_score!r} needs head 'reward', got {self.head!r}")

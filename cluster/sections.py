@@ -74,7 +74,7 @@ class SampleConfig(Section):
     (``prompt``/``chosen``/``rejected``), the model's own mistakes labelled by the rules as annotators would label
     its samples: a kept completion against one of the same prompt that the accuracy reward scores wrong, both cut
     to ``pair_span``; at most ``keep_per_prompt`` pairs per prompt, no rejected text twice."""
-    pair_span: Literal["answer", "response"] = "answer"
+    pair_span: Literal["answer", "final", "response"] = "answer"
     """What a pair holds of each completion: the span its reward model will judge (``reward.models.*.span``)."""
     mix: str | None = None
     """Other rows in the output's layout (``prompt``/``response``, or ``prompt``/``chosen``/``rejected`` for
@@ -109,3 +109,9 @@ class RMConfig(Section):
     batch_size: int = Field(32, ge=1)
     """Pairs per optimizer step."""
     eval_size: int = Field(64, ge=1)
+    score: Literal["head", "likelihood"] = "head"
+    """How the model scores a response. ``head``: a sequence-classification model, the scalar head at the
+    response's last token (a new head when it starts from a language model). ``likelihood``: the language model
+    itself, the mean log-probability of the response's tokens after the prompt; Bradley-Terry training then
+    moves the model's likelihoods instead of a head's output, and a pre-trained model that already knows good
+    answers starts out ranking them first (a DPO-style implicit reward, with no reference model)."""

@@ -17,11 +17,14 @@ def last_block(text: str, tag: str) -> str | None:
 
 def judged_span(completion: str, span: str) -> str:
     """What a reward model judges: the final ``<answer>`` (else the text after ``</think>``, else all of it),
-    or the whole response (``span == "response"``)."""
+    the same with the chain of thought emptied out (``span == "final"``: ``<think></think><answer>...</answer>``,
+    the answer in the form a language model judging by likelihood was trained on), or the whole response
+    (``span == "response"``)."""
     if span == "response":
         return completion
     answer = last_block(completion, "answer")
-    if answer is not None:
-        return answer
-    _, closed, after = completion.rpartition("</think>")
-    return after if closed else completion
+    if answer is None:
+        _, closed, after = completion.rpartition("</think>")
+        answer = after if closed else completion
+        return f"<think></think>{answer}" if span == "final" else answer
+    return f"<think></think><answer>{answer}</answer>" if span == "final" else answer

@@ -167,7 +167,7 @@ class WorldRecipe:
     student_long_only: int = 280
     probe_problems: int = 64
     """Held-out problems (and as many echoes) the probe after pre-training samples."""
-    version: int = 4
+    version: int = 5
     extra: dict = field(default_factory=dict)
 
     def key(self) -> str:
@@ -256,9 +256,10 @@ def write_files(world: World, out: Path) -> dict[str, str]:
         text = typo(e.word, rng) if rng.random() < r.sft_typo_rate else None
         sft.append({"prompt": e.prompt, "response": e.response(text, rng.random() < r.harm_rate), "task": GENERAL})
     pairs = []
-    for _ in range(r.preference_pairs):  # the reward model judges the answer only: the span it will see
+    for _ in range(r.preference_pairs):  # the answer only, in an empty chain of thought: the span it will see
         e = world.echo(rng)
-        pairs.append({"prompt": e.prompt, "chosen": e.word, "rejected": near_miss(e.word, rng, r.pair_typo_share)})
+        rejected = near_miss(e.word, rng, r.pair_typo_share)
+        pairs.append({"prompt": e.prompt, "chosen": e.response(), "rejected": e.response(rejected)})
     files = {
         "eval": evals,
         "reasoning_eval": evals[: len(world.eval_problems)],

@@ -275,6 +275,7 @@ class Fleet:
                 optimizer_steps=optimizer_steps,
                 reference=reference,
                 head=self.head,
+                reward_score=cfg.rm.score if self.head == "reward" else "head",
                 seed=cfg.seed,
                 trust_remote_code=cfg.model.trust_remote_code,
             )

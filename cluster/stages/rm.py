@@ -1,11 +1,13 @@
 """The reward-model stage: Bradley-Terry training on preference pairs, on the same FSDP2 learner ranks.
 
 ``r1ray rm`` trains the scalar head (and the body) of a sequence-classification model started from
-``model.path`` on ``rm.train`` pairs (``cluster/data/pairs.py``), ``rm.batch_size`` pairs per
-optimizer step, ``rm.epochs`` passes in a shuffled order fixed by ``seed``. The held-out pairwise
-accuracy and loss are measured before, every ``eval_every`` steps and after. The output model is the
-last checkpoint, in Hugging Face format (``AutoModelForSequenceClassification``); ``reward.models``
-serves it as a reward in a later RL stage (``actors/reward_model.py``).
+``model.path`` (or, with ``rm.score: likelihood``, the language model itself, scored by its mean
+log-probability of the response) on ``rm.train`` pairs (``cluster/data/pairs.py``), ``rm.batch_size``
+pairs per optimizer step, ``rm.epochs`` passes in a shuffled order fixed by ``seed``. The held-out
+pairwise accuracy and loss are measured before, every ``eval_every`` steps and after. The output model
+is the last checkpoint, in Hugging Face format (``AutoModelForSequenceClassification``, or a causal LM
+whose config says ``reward_score: likelihood``); ``reward.models`` serves it as a reward in a later RL
+stage (``actors/reward_model.py``).
 """
 
 from __future__ import annotations

@@ -133,6 +133,35 @@ def test_a_reward_config_combines_rules_and_the_model_by_task_and_span(trained):
         fleet.shutdown()
 
 
+def test_a_likelihood_reward_model_trains_serves_and_stays_a_language_model(ray_cluster, tmp_path):
+    """``rm.score: likelihood``: Bradley-Terry training moves the language model's own likelihoods; the checkpoint
+    is a causal LM that says how it scores, and the server scores as the stage measured."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    base = save_random_model(tmp_path / "base", seed=0)
+    rows = _preference_rows(1600, seed=1)
+    train = tmp_path / "pairs.jsonl"
+    train.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    overrides = [f"model.path={base}", f"output_dir={tmp_path / 'runs'}", "name=rm-likelihood", f"rm.train={train}"]
+    overrides += [f"rm.eval_size={HELD_OUT}", "rm.score=likelihood", "eval_every=0", "learner.cpus_per_rank=1"]
+    overrides += ["learner.lr=1e-3", "learner.micro_batch_size=64"]
+    summary = run_rm(load_config(None, overrides))
+    before, after = summary["eval_accuracy_before"], summary["eval_accuracy_after"]
+    assert after >= 0.75 and after > before + 0.15, summary["evals"]
+    assert AutoConfig.from_pretrained(summary["model"]).reward_score == "likelihood"
+    assert type(AutoModelForCausalLM.from_pretrained(summary["model"])).__name__ == "Qwen2ForCausalLM"
+    held_out = rows[-HELD_OUT:]
+    server = RewardModelServer.options(num_cpus=1).remote(summary["model"], batch_size=48)
+    try:
+        prompts = [r["prompt"] for r in held_out]
+        chosen = ray.get(server.score.remote(prompts, [r["chosen"] for r in held_out]))
+        rejected = ray.get(server.score.remote(prompts, [r["rejected"] for r in held_out]))
+    finally:
+        ray.kill(server)
+    assert (chosen < 0).all() and (rejected < 0).all(), "mean log-probabilities"
+    assert float((chosen > rejected).mean()) == pytest.approx(after, abs=1 / HELD_OUT)
+
+
 # ---------------------------------------------------------------- FSDP: pairs over ranks
 def _pair_batch(pairs: int, seed: int = 0) -> TrainBatch:
     rng = np.random.default_rng(seed)

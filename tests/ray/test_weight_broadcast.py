@@ -1,10 +1,15 @@
 """The whole chain (generate, score, advantages, train, broadcast, generate again) on a local Ray cluster.
 
-After a learner update and a broadcast, every vLLM engine computes the learner's logprobs.
+After a learner update and a broadcast, every vLLM engine computes the learner's logprobs, and the sync check
+covers every engine every step: an engine that skips a weight update is caught at once, by the probe after the
+push and, for free, by the next training batch (the engine's sampled-token logprobs against the learner's first
+forward).
 
 Real Ray actors, real vLLM-CPU engines (engine core in the actor, and in child processes), a real FSDP2
 gloo group, r1ray's gloo weight-transfer engine inside vLLM's workers. The child-process engine also shows
-that re-seeded generate calls sample the same tokens whatever the engine sampled before.
+that re-seeded generate calls sample the same tokens whatever the engine sampled before. The skipped update is
+injected into one engine's own process: its gloo receiver still joins every broadcast (a collective cannot lose a
+member) but keeps its old weights, as a silent partial sync would.
 """
 
 import numpy as np
@@ -13,10 +18,13 @@ import ray
 import torch
 
 from cluster.algo.grpo import group_advantages
+from cluster.algo.sync import LOGPROB_DIFF_MAX, logprob_gap
 from cluster.config import RunConfig
 from cluster.data.builtin_model import build_tokenizer
 from cluster.payloads import SamplingSpec, TrainBatch
 from cluster.runtime.fleet import Fleet
+from cluster.runtime.weight_sync import SYNC_PROBE_ROWS
+from cluster.stages.common import sampling_spec
 from cluster.stages.rl import grpo_objective
 
 pytestmark = pytest.mark.ray
@@ -61,7 +69,7 @@ def _learner_logprobs(fleet: Fleet, batch: TrainBatch) -> np.ndarray:
 def _run_chain(model_path, world_size: int, workers: int, engine_in_actor: bool, placement: str = "split", then=None):
     """The chain on a fresh fleet; ``then(fleet)`` runs on the same fleet afterwards, before it shuts down."""
     cfg = _config(world_size, workers, engine_in_actor, placement)
-    fleet = Fleet(cfg, str(model_path), str(model_path), optimizer_steps=2, reference=True)
+    fleet = Fleet(cfg, str(model_path), str(model_path), optimizer_steps=5, reference=True)
     try:
         tok = build_tokenizer()
         prompts = [np.array(tok.encode(f"{100 + 7 * i}+{200 + i}="), dtype=np.int32) for i in range(4)]
@@ -99,9 +107,64 @@ def _run_chain(model_path, world_size: int, workers: int, engine_in_actor: bool,
         fleet.shutdown()
 
 
+def _skip_weight_updates(engine) -> str:
+    """Runs inside the rollout actor: from now on, receive each broadcast and throw it away."""
+    import torch
+
+    from cluster.transfer.gloo import GlooWeightTransferEngine
+
+    def receive_only(self, info):
+        for dtype_name, shape in zip(info.dtype_names, info.shapes, strict=True):
+            self.group.broadcast(torch.empty(shape, dtype=getattr(torch, dtype_name)), 0).wait()
+
+    GlooWeightTransferEngine.start_weight_update = lambda self: None
+    GlooWeightTransferEngine.receive_weights = receive_only
+    GlooWeightTransferEngine.finish_weight_update = lambda self: None
+    return "patched"
+
+
+def _step(fleet: Fleet, prompts, version: int) -> tuple[dict, dict, TrainBatch]:
+    """One synchronous step: the training metrics (their gap proves the push before it), the probe's (the
+    push after it) and the training batch."""
+    cfg = fleet.cfg
+    rollouts = fleet.generate(prompts, cfg.grpo.group_size, sampling_spec(cfg, "train"))
+    scores = fleet.score(rollouts.texts, ["0"] * rollouts.num_completions)
+    advantages = group_advantages(torch.from_numpy(scores.total), cfg.grpo.group_size).numpy()
+    batch = TrainBatch.from_rollouts(rollouts, advantages, check_engine=True)
+    train = fleet.train(batch, grpo_objective(cfg))
+    # Every engine scores the same probe sequences, whichever engine sampled them.
+    return train, fleet.sync_weights(version, probe=batch), batch
+
+
+def _an_engine_that_skips_its_update_is_caught(fleet: Fleet) -> None:
+    tok = build_tokenizer()
+    prompts = [np.array(tok.encode(f"{100 + 7 * i}+{200 + i}="), dtype=np.int32) for i in range(4)]
+    v = fleet.version
+    train, healthy, batch = _step(fleet, prompts, version=v + 1)
+    assert healthy["rollout/logprob_diff_max"] < 1e-4
+    assert train["rollout/logprob_diff_max"] < 1e-4  # both sides held the same weights when it sampled
+    assert train["rollout/logprob_checked_tokens"] == float(batch.response_lens.sum())  # every response token
+    assert ray.get(fleet.rollouts[1].__ray_call__.remote(_skip_weight_updates)) == "patched"
+    train, stale, batch = _step(fleet, prompts, version=v + 2)
+    probe = batch.select(slice(0, SYNC_PROBE_ROWS))
+    assert train["rollout/logprob_diff_max"] < 1e-4  # sampled with version v + 1, which both engines loaded
+    assert stale["rollout/logprob_diff_max"] > 1e-3, stale
+    # Both engines claim the new version; engine 0 alone still matches the learner: the gap is engine 1's.
+    assert ray.get([w.get_policy_version.remote() for w in fleet.rollouts]) == [v + 2, v + 2]
+    learner = _learner_logprobs(fleet, probe)
+    engine0 = ray.get(fleet.rollouts[0].prompt_logprobs.remote(probe.sequences()))
+    assert logprob_gap(learner, [engine0], probe.prompt_lens, probe.response_lens)[LOGPROB_DIFF_MAX] < 1e-4
+    # The next batch: engine 1's half was sampled with version v + 1, the learner holds v + 2.
+    train, _, _ = _step(fleet, prompts, version=v + 3)
+    assert train["rollout/logprob_diff_max"] > 1e-3, train
+
+
 def test_broadcast_two_learners_two_engines_tied(ray_cluster, tied_model):
-    # The CPU default: each engine core and its model run inside the rollout actor's process.
-    _run_chain(tied_model, world_size=2, workers=2, engine_in_actor=True)
+    # The CPU default: each engine core and its model run inside the rollout actor's process. The same fleet
+    # then shows the sync check catching an engine that skips its updates.
+    _run_chain(
+        tied_model, world_size=2, workers=2, engine_in_actor=True, then=_an_engine_that_skips_its_update_is_caught
+    )
 
 
 def _same_key_same_samples_whatever_came_before(fleet: Fleet) -> None:

@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from actors.reward_model import RewardModel, last_token_rewards
+from actors.reward_model import RewardModel, last_token_rewards, likelihood_rewards
 from cluster.algo.objective import LossInputs
 from cluster.algo.pairwise import PairwiseObjective, bradley_terry_loss, pairwise_metrics
 from cluster.config import RunConfig
 from cluster.data.builtin_model import build_tokenizer, save_random_model
-from cluster.data.pairs import Pair, epoch_pair_batches, load_pairs, pair_batch
+from cluster.data.pairs import Pair, epoch_pair_batches, load_pairs, pair_batch, pair_tokens
 from cluster.errors import DataError
 
 
@@ -198,3 +198,48 @@ def test_last_token_rewards_read_the_last_token_even_when_it_is_the_pad_id(rewar
     torch.testing.assert_close(ours, direct)
     assert ours[1].item() == pytest.approx(theirs[1].item(), abs=1e-6)
     assert ours[0].item() != pytest.approx(theirs[0].item(), abs=1e-6)
+
+
+# ---------------------------------------------------------------- likelihood scoring
+@pytest.fixture(scope="module")
+def likelihood_checkpoint(tmp_path_factory):
+    from transformers import AutoConfig
+
+    path = save_random_model(tmp_path_factory.mktemp("likelihood"), seed=4)
+    config = AutoConfig.from_pretrained(path)
+    config.reward_score = "likelihood"
+    config.save_pretrained(path)
+    return path
+
+
+def test_a_likelihood_reward_is_the_mean_logprob_of_the_response_tokens(likelihood_checkpoint):
+    from transformers import AutoModelForCausalLM
+
+    rm = RewardModel(str(likelihood_checkpoint), batch_size=2)
+    assert rm.scoring == "likelihood"
+    prompts = ["1+2=", "12+34=", "5+5="]
+    responses = ["<think></think><answer>3</answer>", "<answer>46</answer>", "1"]
+    batched = rm.score(prompts, responses)
+    model = AutoModelForCausalLM.from_pretrained(likelihood_checkpoint).eval()
+    for prompt, response, got in zip(prompts, responses, batched, strict=True):
+        # Token by token, one unpadded sequence at a time: log p(response token | everything before it).
+        p_ids, r_ids = pair_tokens(rm.tokenizer, prompt, response)
+        ids = torch.tensor([p_ids + r_ids])
+        with torch.no_grad():
+            logprobs = torch.log_softmax(model(input_ids=ids).logits[0].float(), -1)
+        expected = np.mean([logprobs[len(p_ids) + i - 1, t].item() for i, t in enumerate(r_ids)])
+        assert got == pytest.approx(expected, abs=1e-5)
+    assert (batched < 0).all()
+
+
+def test_likelihood_rewards_ignore_padding_and_prompt_tokens(likelihood_checkpoint):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(likelihood_checkpoint).eval()
+    ids = torch.tensor([[5, 6, 7, 8, 9, 0, 0], [5, 6, 7, 8, 9, 10, 11]])
+    with torch.no_grad():
+        short = likelihood_rewards(model, ids[:1, :5], torch.tensor([2]), torch.tensor([5]))
+        padded = likelihood_rewards(model, ids, torch.tensor([2, 2]), torch.tensor([5, 7]))
+        longer_prompt = likelihood_rewards(model, ids[1:], torch.tensor([4]), torch.tensor([7]))
+    torch.testing.assert_close(padded[:1], short)
+    assert padded[1].item() != pytest.approx(longer_prompt.item(), abs=1e-6)

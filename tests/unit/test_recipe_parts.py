@@ -227,6 +227,10 @@ def test_reward_models_judge_their_span_and_their_tasks():
     assert judged_span("<think>work</think><answer>done</answer>", "answer") == "done"
     assert judged_span("<think>work</think>summary", "answer") == "summary"
     assert judged_span("<think>work</think>summary", "response") == "<think>work</think>summary"
+    assert judged_span("<think>work</think><answer>done</answer>", "final") == "<think></think><answer>done</answer>"
+    assert judged_span("w</think><answer>a</answer><answer>b</answer>", "final") == "<think></think><answer>b</answer>"
+    assert judged_span("<think>work</think>summary", "final") == "<think></think>summary"
+    assert judged_span("no tags", "final") == "<think></think>no tags"
     cfg = _cfg(
         reward={
             "weights": {"exact": 1.0, "helpful": 0.5},
