@@ -96,6 +96,11 @@ class LearnerRank:
         else:
             config = AutoConfig.from_pretrained(path, trust_remote_code=self.trust_remote_code)
             if self.head == "reward":  # recorded in every checkpoint's config.json: the server scores it alike
+                if any(a.endswith("ForSequenceClassification") for a in config.architectures or []):
+                    raise ValueError(
+                        f"{path} is a sequence-classification reward model (rm.score: head): its language-model "
+                        "head is gone, so it cannot be scored by likelihood; start from a language model"
+                    )
                 config.reward_score = LIKELIHOOD
 
             def load_full():
@@ -124,6 +129,8 @@ class LearnerRank:
         from transformers import AutoConfig, AutoTokenizer
 
         config = AutoConfig.from_pretrained(path, num_labels=1, trust_remote_code=self.trust_remote_code)
+        if hasattr(config, "reward_score"):  # a likelihood-scored start: this model is scored by its new head
+            del config.reward_score
         text = config.get_text_config()
         if getattr(text, "pad_token_id", None) is None:  # transformers refuses batches without one
             tokenizer = AutoTokenizer.from_pretrained(self.base_path, trust_remote_code=self.trust_remote_code)

@@ -51,12 +51,17 @@ def likelihood_rewards(
     model: torch.nn.Module, input_ids: torch.Tensor, prompt_lens: torch.Tensor, ends: torch.Tensor
 ) -> torch.Tensor:
     """(B,) each right-padded row's mean log-probability (temperature 1) of its response tokens, positions
-    ``prompt_lens`` to ``ends - 1``, under the causal language model ``model``."""
+    ``prompt_lens`` to ``ends - 1``, under the causal language model ``model``. Logits only from the earliest
+    position that predicts a response token on (``logits_to_keep``), log-probabilities in bounded chunks."""
+    from cluster.algo.logprobs import token_logprobs
+
     positions = torch.arange(input_ids.shape[1], device=input_ids.device)
     attention = (positions[None] < ends[:, None]).long()
-    logits = model(input_ids=input_ids, attention_mask=attention).logits[:, :-1].float()
-    logprobs = torch.log_softmax(logits, dim=-1).gather(-1, input_ids[:, 1:, None])[..., 0]
-    predicted = positions[None, 1:]
+    first = max(0, int(prompt_lens.min()) - 1)
+    keep = input_ids.shape[1] - 1 - first
+    logits = model(input_ids=input_ids, attention_mask=attention, logits_to_keep=keep + 1).logits[:, :keep]
+    logprobs = token_logprobs(logits, input_ids[:, first + 1 :])
+    predicted = positions[None, first + 1 :]
     mask = ((predicted >= prompt_lens[:, None]) & (predicted < ends[:, None])).float()
     return (logprobs * mask).sum(1) / mask.sum(1).clamp(min=1.0)
 

@@ -269,5 +269,7 @@ class LearnerSpec:
             raise ValueError(f"rank {self.rank} outside world size {self.world_size}")
         if self.optimizer_steps < 1:
             raise ValueError(f"optimizer_steps must be >= 1, got {self.optimizer_steps}")
+        if self.reward_score not in ("head", "likelihood"):
+            raise ValueError(f"reward_score must be 'head' or 'likelihood', got {self.reward_score!r}")
         if self.reward_score != "head" and self.head != "reward":
             raise ValueError(f"reward_score {self.reward_score!r} needs head 'reward', got {self.head!r}")

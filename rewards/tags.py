@@ -15,16 +15,17 @@ def last_block(text: str, tag: str) -> str | None:
     return text[start + len(tag) + 2 : close]
 
 
-def judged_span(completion: str, span: str) -> str:
+def judged_span(completion: str, span: str, think_opened: bool = False) -> str:
     """What a reward model judges: the final ``<answer>`` (else the text after ``</think>``, else all of it),
     the same with the chain of thought emptied out (``span == "final"``: ``<think></think><answer>...</answer>``,
-    the answer in the form a language model judging by likelihood was trained on), or the whole response
-    (``span == "response"``)."""
+    the answer in the form a language model judging by likelihood was trained on; without the opening tag when
+    the prompt template opens the thought, ``think_opened``), or the whole response (``span == "response"``)."""
     if span == "response":
         return completion
     answer = last_block(completion, "answer")
+    empty = "</think>" if think_opened else "<think></think>"
     if answer is None:
         _, closed, after = completion.rpartition("</think>")
         answer = after if closed else completion
-        return f"<think></think>{answer}" if span == "final" else answer
-    return f"<think></think><answer>{answer}</answer>" if span == "final" else answer
+        return f"{empty}{answer}" if span == "final" else answer
+    return f"{empty}<answer>{answer}</answer>" if span == "final" else answer

@@ -325,7 +325,9 @@ class Fleet:
         """Reward model ``name`` on its span of each completion, after the (templated) prompt."""
         spec = self.cfg.reward.models[name]
         prompts = [row.prompt for row in info]  # templated by the stage, as the model saw them
-        return self.reward_models[name].score.remote(prompts, [judged_span(t, spec.span) for t in texts])
+        return self.reward_models[name].score.remote(
+            prompts, [judged_span(t, spec.span, self.cfg.data.think_opened) for t in texts]
+        )
 
     def train(self, batch: TrainBatch, objective: Objective) -> dict[str, float]:
         ref = ray.put(batch)

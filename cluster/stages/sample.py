@@ -113,14 +113,20 @@ def select(cfg: RunConfig, examples: list[Example], rollouts: Rollouts, scores: 
 def _pairs(cfg: RunConfig, ex: Example, language: str, rollouts: Rollouts, scores: Scores, passing, rows) -> list:
     """One prompt's preference pairs: distinct passing spans (in ``passing``'s order) against distinct spans the
     accuracy reward scores wrong (in sampling order), at most ``sample.keep_per_prompt``."""
-    s = cfg.sample
+    s, opened = cfg.sample, cfg.data.think_opened
     accuracy = scores.components[cfg.reward.accuracy_key]
     # chosen answers are right even where sample.require_correct is off
     right = (row for row in passing if accuracy[row] > 0.5)
-    chosen = list(dict.fromkeys(judged_span(rollouts.texts[row], s.pair_span) for row in right))
+    chosen = list(dict.fromkeys(judged_span(rollouts.texts[row], s.pair_span, opened) for row in right))
     good = set(chosen)
-    wrong = (judged_span(rollouts.texts[row], s.pair_span) for row in rows if accuracy[row] <= 0.5)
-    rejected = [text for text in dict.fromkeys(wrong) if text not in good and text.strip()]
+    # (an empty answer is no pair, also where span `final` wraps it in tags)
+    wrong = (
+        rollouts.texts[row]
+        for row in rows
+        if accuracy[row] <= 0.5 and judged_span(rollouts.texts[row], "answer").strip()
+    )
+    spans = (judged_span(text, s.pair_span, opened) for text in wrong)
+    rejected = [text for text in dict.fromkeys(spans) if text not in good]
     if not chosen:
         return []
     return [

@@ -69,7 +69,7 @@ def _learner_logprobs(fleet: Fleet, batch: TrainBatch) -> np.ndarray:
 def _run_chain(model_path, world_size: int, workers: int, engine_in_actor: bool, placement: str = "split", then=None):
     """The chain on a fresh fleet; ``then(fleet)`` runs on the same fleet afterwards, before it shuts down."""
     cfg = _config(world_size, workers, engine_in_actor, placement)
-    fleet = Fleet(cfg, str(model_path), str(model_path), optimizer_steps=5, reference=True)
+    fleet = Fleet(cfg, str(model_path), str(model_path), optimizer_steps=4, reference=True)
     try:
         tok = build_tokenizer()
         prompts = [np.array(tok.encode(f"{100 + 7 * i}+{200 + i}="), dtype=np.int32) for i in range(4)]

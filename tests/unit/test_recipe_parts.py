@@ -155,6 +155,13 @@ def test_pairs_output_pits_each_prompts_kept_answers_against_its_distinct_wrong_
     loose = _cfg(sample={"output": "pairs", "keep_per_prompt": 4, "require_format": False, "require_correct": False})
     pairs, _ = select(loose, examples, rollouts, scores, seed=0)
     assert {p["chosen"] for p in pairs} == {"abc"} and all(p["rejected"] != "abc" for p in pairs)
+    # span `final`: the answers in an empty chain of thought; an empty answer is still no rejected text
+    texts[3] = "<think>x</think><answer> </answer>"
+    rollouts = _rollouts(texts, [4, 4, 3, 2, 6, 2] + [2] * 6, ["stop"] * 12, k=6)
+    final = _cfg(sample={"output": "pairs", "keep_per_prompt": 4, "require_format": False, "pair_span": "final"})
+    pairs, _ = select(final, examples, rollouts, scores, seed=0)
+    assert {p["chosen"] for p in pairs} == {right}
+    assert [p["rejected"] for p in pairs] == ["<think></think><answer>abd</answer>", "<think></think>abe"]
 
 
 # ---------------------------------------------------------------- eval report
@@ -231,6 +238,7 @@ def test_reward_models_judge_their_span_and_their_tasks():
     assert judged_span("w</think><answer>a</answer><answer>b</answer>", "final") == "<think></think><answer>b</answer>"
     assert judged_span("<think>work</think>summary", "final") == "<think></think>summary"
     assert judged_span("no tags", "final") == "<think></think>no tags"
+    assert judged_span("work</think><answer>a</answer>", "final", think_opened=True) == "</think><answer>a</answer>"
     cfg = _cfg(
         reward={
             "weights": {"exact": 1.0, "helpful": 0.5},
