@@ -63,8 +63,7 @@ class LearnerRank:
         self.base_path = spec.base_path
         self.trust_remote_code = spec.trust_remote_code
         self.head, self.seed, self.reward_score = spec.head, spec.seed, spec.reward_score
-        # A causal LM: a policy, or a reward model scored by likelihood.
-        self.language_model = self.head == "causal" or self.reward_score == LIKELIHOOD
+        self.language_model = self.head == "causal" or self.reward_score == LIKELIHOOD  # a policy, or a likelihood RM
         self.model = self._load_sharded(spec.model_path, trainable=True)
         self.ref = self._load_sharded(self.base_path, trainable=False) if spec.reference else None
         self.optimizer = torch.optim.AdamW(
