@@ -119,11 +119,10 @@ def _pairs(cfg: RunConfig, ex: Example, language: str, rollouts: Rollouts, score
     right = (row for row in passing if accuracy[row] > 0.5)
     chosen = list(dict.fromkeys(judged_span(rollouts.texts[row], s.pair_span, opened) for row in right))
     good = set(chosen)
-    # (an empty answer is no pair, also where span `final` wraps it in tags)
+    # (an empty span is no pair, also where span `final` wraps an empty answer in tags)
+    bare = "answer" if s.pair_span == "final" else s.pair_span
     wrong = (
-        rollouts.texts[row]
-        for row in rows
-        if accuracy[row] <= 0.5 and judged_span(rollouts.texts[row], "answer").strip()
+        rollouts.texts[row] for row in rows if accuracy[row] <= 0.5 and judged_span(rollouts.texts[row], bare).strip()
     )
     spans = (judged_span(text, s.pair_span, opened) for text in wrong)
     rejected = [text for text in dict.fromkeys(spans) if text not in good]
