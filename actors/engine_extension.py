@@ -11,3 +11,12 @@ class R1RayWorkerExtension:
         import torch
 
         torch.manual_seed(int(seed))
+
+    def r1ray_load_checkpoint(self, path: str) -> None:
+        """Reload this worker's weights in place from the checkpoint folder ``path`` (vLLM's layerwise reload,
+        which re-packs the CPU linear layers), then re-pack the embeddings: a tied output head would keep the
+        old ones (see ``cluster/transfer/gloo.py``)."""
+        from cluster.transfer.gloo import repack_embeddings
+
+        self.reload_weights(weights_path=str(path))
+        repack_embeddings(self.model_runner.get_model())

@@ -160,6 +160,15 @@ class RolloutEngine:
         self.policy_version = int(weight_version) if weight_version is not None else self.policy_version + 1
         return self.policy_version
 
+    def load_model(self, model_path: str) -> float:
+        """Reload the weights in place from the checkpoint at ``model_path`` (the same architecture and
+        tokenizer as the engine's: the caller checks; see ``runtime/warm_fleet.py``); returns the seconds."""
+        start = time.perf_counter()
+        self.llm.collective_rpc("r1ray_load_checkpoint", args=(str(model_path),))
+        self.llm.reset_prefix_cache()
+        self.policy_version = 0
+        return time.perf_counter() - start
+
     def sleep(self) -> bool:
         """Level 1: weights to CPU memory, KV cache dropped; a no-op without sleep mode (CPU). Returns asleep."""
         if self.sleep_mode and not self.asleep:

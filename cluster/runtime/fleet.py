@@ -116,12 +116,15 @@ class Fleet:
         learners: bool = True,
         head: str = "causal",
         restarts: dict[str, int] | None = None,
+        prefix: str = "",
     ) -> None:
         """``reference``: learners load the frozen reference model (objectives with a KL term need it).
         ``rollouts``/``learners``: whether the stage starts rollout engines and learner ranks (``sample`` and
         ``eval`` train nothing; ``sft`` samples only to measure accuracy); weight sync needs both.
-        ``head``: what the learners train (``causal`` language model, or ``reward`` model; see LearnerSpec)."""
-        self.cfg, self.head = cfg, head
+        ``head``: what the learners train (``causal`` language model, or ``reward`` model; see LearnerSpec).
+        ``prefix``: before every actor's and placement group's name, for a fleet that lives beside a stage's own
+        (a pipeline's warm evaluation fleet, ``runtime/warm_fleet.py``)."""
+        self.cfg, self.head, self.prefix = cfg, head, prefix
         self.base_path = base_path
         self.version = 0
         """The policy version the engines hold (the last one pushed)."""
@@ -131,7 +134,7 @@ class Fleet:
         self.rollouts, self.scorers, self.learners = [], [], []
         self.reward_models: dict[str, object] = {}
         self.weights: WeightSync | None = None
-        self.placement: Placement = create_placement(cfg, rollouts=rollouts, learners=learners)
+        self.placement: Placement = create_placement(cfg, rollouts=rollouts, learners=learners, prefix=prefix)
         try:
             self._start(model_path, base_path, optimizer_steps, reference, rollouts, learners)
         except BaseException:
@@ -165,14 +168,15 @@ class Fleet:
         self.faults.record(self._named())
 
     def _named(self) -> dict[str, object]:
-        actors = {f"rollout-{i}": a for i, a in enumerate(self.rollouts)}
-        actors |= {f"reward-{i}": a for i, a in enumerate(self.scorers)}
-        return actors | {f"learner-{i}": a for i, a in enumerate(self.learners)}
+        p = self.prefix
+        actors = {f"{p}rollout-{i}": a for i, a in enumerate(self.rollouts)}
+        actors |= {f"{p}reward-{i}": a for i, a in enumerate(self.scorers)}
+        return actors | {f"{p}learner-{i}": a for i, a in enumerate(self.learners)}
 
     # ------------------------------------------------------------------ supervision
     def _scorer(self, index: int):
         cfg = self.cfg
-        return RewardScorer.options(name=f"reward-{index}", num_cpus=SCORER_CPUS).remote(
+        return RewardScorer.options(name=f"{self.prefix}reward-{index}", num_cpus=SCORER_CPUS).remote(
             cfg.reward.rule_weights, cfg.reward.timeout_s, think_opened=cfg.data.think_opened, only=cfg.reward.only
         )
 
@@ -187,7 +191,7 @@ class Fleet:
     def _restart_rollout(self, index: int, err: Exception) -> None:
         """Re-create rollout ``index`` under its name and bundle, rebuild the weight-transfer group with every
         engine (a collective group cannot lose a member) and push the current weights to all of them."""
-        self._count_restart("rollout", f"rollout-{index}", err)
+        self._count_restart("rollout", f"{self.prefix}rollout-{index}", err)
         ray.kill(self.rollouts[index])
         self.rollouts[index] = _retry_name(lambda: self._rollout(index, self.base_path))
         ray.get(self.rollouts[index].ready.remote())
@@ -195,14 +199,14 @@ class Fleet:
             self.weights.rollouts = self.rollouts
             self.weights.connect(*self._rank0_address())
             self.weights.push(self.version)
-        self.faults.record({f"rollout-{index}": self.rollouts[index]})
+        self.faults.record({f"{self.prefix}rollout-{index}": self.rollouts[index]})
 
     def _restart_scorer(self, index: int, err: Exception) -> None:
         """Re-create scorer ``index``; its call (a chunk of completions) is then scored again."""
-        self._count_restart("scorer", f"reward-{index}", err)
+        self._count_restart("scorer", f"{self.prefix}reward-{index}", err)
         ray.kill(self.scorers[index])
         self.scorers[index] = _retry_name(lambda: self._scorer(index))
-        self.faults.record({f"reward-{index}": self.scorers[index]})
+        self.faults.record({f"{self.prefix}reward-{index}": self.scorers[index]})
 
     def _supervised(self, role: str, actors: list, send, indices: list[int], point: str) -> list:
         """``send(actor, i)`` for each index; an actor that dies is re-created and its call re-issued (the same
@@ -237,7 +241,7 @@ class Fleet:
     def _rollout(self, index: int, model_path: str):
         cfg = self.cfg
         return RolloutWorker.options(
-            name=f"rollout-{index}",
+            name=f"{self.prefix}rollout-{index}",
             **actor_options(cfg, self.placement, "rollout", index),
             runtime_env={"env_vars": rollout_env(cfg)},
         ).remote(
@@ -257,7 +261,10 @@ class Fleet:
         from actors.reward_model import RewardModelServer
 
         return RewardModelServer.options(
-            name=f"rm-{name}", num_cpus=spec.cpus, num_gpus=spec.gpus, runtime_env={"env_vars": actor_env()}
+            name=f"{self.prefix}rm-{name}",
+            num_cpus=spec.cpus,
+            num_gpus=spec.gpus,
+            runtime_env={"env_vars": actor_env()},
         ).remote(spec.path, batch_size=spec.batch_size, device="cuda" if spec.gpus else "cpu")
 
     def _learners(self, model_path: str, base_path: str, optimizer_steps: int, reference: bool) -> list:
@@ -283,7 +290,7 @@ class Fleet:
         ]
         return [
             PolicyLearner.options(
-                name=f"learner-{spec.rank}",
+                name=f"{self.prefix}learner-{spec.rank}",
                 **actor_options(cfg, self.placement, "learner", spec.rank),
                 runtime_env={"env_vars": actor_env()},
             ).remote(spec)
@@ -371,6 +378,15 @@ class Fleet:
         ref = ray.put(batch)
         calls = [learner.compute_logprobs.remote(ref, temperature=temperature) for learner in self.learners]
         return ray.get(calls)[0]
+
+    def load_model(self, model_path: str) -> float:
+        """Reload every engine's weights from the checkpoint at ``model_path`` (of the architecture and tokenizer
+        the engines were started with); returns the slowest engine's seconds."""
+        if self.learners:
+            raise RuntimeError("load_model is for a fleet without learners: a trained fleet's engines take pushes")
+        seconds = ray.get([worker.load_model.remote(str(model_path)) for worker in self.rollouts])
+        self.version = 0
+        return max(seconds, default=0.0)
 
     def save_checkpoint(self, path: str) -> None:
         ray.get([learner.save_checkpoint.remote(path) for learner in self.learners])

@@ -100,17 +100,18 @@ SCORER_CPUS = 0.5
 
 
 def create_placement(
-    cfg: RunConfig, timeout_s: float = 600.0, *, rollouts: bool = True, learners: bool = True
+    cfg: RunConfig, timeout_s: float = 600.0, *, rollouts: bool = True, learners: bool = True, prefix: str = ""
 ) -> Placement:
     """Reserve the bundles of the roles asked for; fails with a clear message if the cluster cannot provide them."""
     rollout = learner = None
     if cfg.cluster.placement == "colocated" and rollouts and learners:
-        shared = placement_group(colocated_bundles(cfg), strategy=LEARNER_STRATEGY, name=f"{cfg.name}-colocated")
+        name = f"{prefix}{cfg.name}-colocated"
+        shared = placement_group(colocated_bundles(cfg), strategy=LEARNER_STRATEGY, name=name)
         return _wait(cfg, Placement(shared, shared), timeout_s)
     if rollouts:
-        rollout = placement_group(rollout_bundles(cfg), strategy=ROLLOUT_STRATEGY, name=f"{cfg.name}-rollout")
+        rollout = placement_group(rollout_bundles(cfg), strategy=ROLLOUT_STRATEGY, name=f"{prefix}{cfg.name}-rollout")
     if learners:
-        learner = placement_group(learner_bundles(cfg), strategy=LEARNER_STRATEGY, name=f"{cfg.name}-learner")
+        learner = placement_group(learner_bundles(cfg), strategy=LEARNER_STRATEGY, name=f"{prefix}{cfg.name}-learner")
     return _wait(cfg, Placement(rollout, learner), timeout_s)
 
 

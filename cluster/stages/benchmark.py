@@ -90,7 +90,9 @@ def _powers_of_two(n: int) -> list[int]:
 
 
 @reports_progress("eval report")
-def run_eval(cfg: RunConfig, out: Path | None = None) -> dict:
+def run_eval(cfg: RunConfig, out: Path | None = None, warm=None) -> dict:
+    """``warm``: a ``runtime.warm_fleet.WarmFleet`` to take the fleet from (and leave it running), else the
+    evaluation starts its own fleet and shuts it down."""
     from transformers import AutoTokenizer
 
     from cluster.data.prompts import check_think_opening
@@ -121,7 +123,7 @@ def run_eval(cfg: RunConfig, out: Path | None = None) -> dict:
     print(f"eval: {len(examples)} problems from {source}, {e.samples} samples each ({skipped} prompts too long)")
     start_ray(cfg)
     began = time.perf_counter()
-    fleet = Fleet(cfg, model, model, learners=False)
+    fleet = warm.get(cfg, model) if warm is not None else Fleet(cfg, model, model, learners=False)
     try:
         k = e.samples
         sampled = fleet.generate(ids, k, sampled_spec, seed=f"eval/{cfg.seed}")
@@ -164,7 +166,8 @@ def run_eval(cfg: RunConfig, out: Path | None = None) -> dict:
             )
         same = _equivalence(fleet, problems)
     finally:
-        fleet.shutdown()
+        if warm is None:
+            fleet.shutdown()
     report = build_report(problems, same)
     report |= {
         "model": cfg.model.path,

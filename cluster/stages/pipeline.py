@@ -271,24 +271,52 @@ def _digest(cfg: RunConfig) -> str:
 def run_pipeline(pipeline: Pipeline) -> dict:
     """Run the stages in order (see the module docstring); returns the pipeline report."""
     from cluster.runtime.placement import required_cpus
-    from cluster.runtime.ray_cluster import start_ray
-    from cluster.stages import checkpoint
+    from cluster.runtime.warm_fleet import WarmFleet
     from cluster.stages.common import write_json
     from cluster.stages.pipeline_eval import MODEL_KINDS, run_evaluation
-    from cluster.stages.run import run_stage
 
     pipeline.root.mkdir(parents=True, exist_ok=True)
     outputs: dict[str, str] = {}
     report: list[dict] = []
-    upstream_ran = False
-    # One local cluster for every stage, as large as the largest stage needs.
+    # One local cluster for every stage, as large as the largest stage needs (and the warm evaluation fleet).
     cpus = max(required_cpus(pipeline.config(s, pipeline.placeholders())) for s in pipeline.stages)
     first_model = pipeline.first_model_stage()
+    warm = WarmFleet() if pipeline.evaluate and pipeline.evaluate.get("keep_engines", True) else None
+    if warm is not None and first_model is not None:
+        planned = pipeline.placeholders()
+        cpus += max(
+            required_cpus(pipeline.eval_config(s, planned, planned[s.name]))
+            for s in pipeline.stages
+            if s.kind in MODEL_KINDS
+        )
 
     def evaluate(stage: Stage | None, model_path: str) -> dict:
         cfg = pipeline.eval_config(stage, outputs, model_path)
-        return run_evaluation(cfg, pipeline.evaluate, cfg.run_dir / "eval")
+        return run_evaluation(cfg, pipeline.evaluate, cfg.run_dir / "eval", warm)
 
+    try:
+        result = _run_stages(pipeline, outputs, report, first_model, cpus, evaluate)
+    finally:
+        if warm is not None:
+            warm.close()
+    if pipeline.evaluate:
+        from cluster.stages.pipeline_figures import finish_report
+
+        finish_report(pipeline.root, result)
+    write_json(pipeline.root / "pipeline_report.json", result)
+    print_pipeline_table(result)
+    print(f"pipeline report: {pipeline.root / 'pipeline_report.json'}", flush=True)
+    return result
+
+
+def _run_stages(pipeline: Pipeline, outputs: dict, report: list, first_model, cpus: float, evaluate) -> dict:
+    from cluster.runtime.ray_cluster import start_ray
+    from cluster.stages import checkpoint
+    from cluster.stages.common import write_json
+    from cluster.stages.pipeline_eval import MODEL_KINDS
+    from cluster.stages.run import run_stage
+
+    upstream_ran = False
     for stage in pipeline.stages:
         if pipeline.evaluate and stage is first_model:
             base = str(pipeline.shared.get("model", {}).get("path"))
@@ -337,15 +365,7 @@ def run_pipeline(pipeline: Pipeline) -> dict:
         if pipeline.evaluate and stage.kind in MODEL_KINDS:
             row["eval"] = evaluate(stage, done["output"])
         report.append(row)
-    result = {"pipeline": pipeline.name, "stages": report}
-    if pipeline.evaluate:
-        from cluster.stages.pipeline_figures import finish_report
-
-        finish_report(pipeline.root, result)
-    write_json(pipeline.root / "pipeline_report.json", result)
-    print_pipeline_table(result)
-    print(f"pipeline report: {pipeline.root / 'pipeline_report.json'}", flush=True)
-    return result
+    return {"pipeline": pipeline.name, "stages": report}
 
 
 def _started(pipeline: Pipeline) -> dict[str, str]:

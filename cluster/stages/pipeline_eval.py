@@ -9,6 +9,10 @@ whatever it trained with), plus four keys naming what the figures mean:
   ``reward_model_score``;
 - ``harmless``: the rule whose failures on all samples make ``harmful_rate``.
 
+and one saying how: ``keep_engines`` (default true) keeps one evaluation fleet running from one
+evaluation to the next and loads each model into it (``runtime/warm_fleet.py``): on a cluster of GPUs
+that holds the evaluation's GPUs between evaluations too; false starts a fleet for each evaluation.
+
 The base model (the shared ``model.path``) is evaluated once, before the first ``sft`` / ``rl`` stage;
 each evaluation goes to ``<stage folder>/eval/`` (``report.json``, ``figures.json``) and is skipped on a
 re-run when its config is unchanged.
@@ -25,6 +29,8 @@ from cluster.config import RunConfig, dump_config
 from cluster.errors import ConfigError
 
 FIGURE_KEYS = ("reasoning_tasks", "general_tasks", "reward_model", "harmless")
+BLOCK_KEYS = (*FIGURE_KEYS, "keep_engines")
+"""The block's keys that are not config sections."""
 MODEL_KINDS = ("sft", "rl")
 
 
@@ -42,13 +48,15 @@ def check_block(block, source: str) -> dict:
     for key in ("reward_model", "harmless"):
         if key in block and not isinstance(block[key], str):
             raise ConfigError(f"{where}.{key}: expected a reward name, got {block[key]!r}")
+    if not isinstance(block.get("keep_engines", True), bool):
+        raise ConfigError(f"{where}.keep_engines: expected true or false, got {block['keep_engines']!r}")
     if "name" in block or "output_dir" in block or "model" in block:
         raise ConfigError(f"{where}: 'name', 'output_dir' and 'model' are set by the pipeline")
     return block
 
 
 def sections(block: dict) -> dict:
-    return {k: v for k, v in block.items() if k not in FIGURE_KEYS}
+    return {k: v for k, v in block.items() if k not in BLOCK_KEYS}
 
 
 def eval_tree(stage_tree: dict, block: dict, model_path: str) -> dict:
@@ -70,12 +78,14 @@ def check_config(block: dict, cfg: RunConfig, where: str) -> None:
         raise ConfigError(f"{where}: evaluate: eval.data names no held-out problems")
 
 
-def run_evaluation(cfg: RunConfig, block: dict, out: Path) -> dict:
-    """Evaluate ``cfg.model.path`` into ``out`` (or read the figures of an earlier identical run)."""
+def run_evaluation(cfg: RunConfig, block: dict, out: Path, warm=None) -> dict:
+    """Evaluate ``cfg.model.path`` into ``out`` (or read the figures of an earlier identical run); ``warm``: the
+    pipeline's ``WarmFleet``, if it keeps one."""
     from cluster.stages.benchmark import run_eval
     from cluster.stages.common import write_json
 
-    digest = hashlib.sha256((dump_config(cfg) + json.dumps(block, sort_keys=True)).encode()).hexdigest()[:16]
+    what = {k: v for k, v in block.items() if k != "keep_engines"}  # how it ran does not change the figures
+    digest = hashlib.sha256((dump_config(cfg) + json.dumps(what, sort_keys=True)).encode()).hexdigest()[:16]
     marker = out / "figures.json"
     if marker.is_file():
         done = json.loads(marker.read_text())
@@ -83,7 +93,7 @@ def run_evaluation(cfg: RunConfig, block: dict, out: Path) -> dict:
             print(f"pipeline: evaluation in {out} is complete, skipped", flush=True)
             return done["figures"]
     print(f"\n--- evaluation of {cfg.model.path} -> {out} ---", flush=True)
-    run_eval(cfg, out)
+    run_eval(cfg, out, warm)
     report = json.loads((out / "report.json").read_text())
     result = figures(report, block, cfg.reward.accuracy_key)
     write_json(marker, {"digest": digest, "figures": result})

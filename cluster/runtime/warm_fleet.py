@@ -1,0 +1,100 @@
+"""A warm evaluation fleet: one set of engines, scorers and reward-model servers kept across evaluations.
+
+A pipeline evaluates the base and then every ``sft`` / ``rl`` stage on the same held-out problems with
+the same rewards. Each evaluation of a small model takes a few seconds; starting its fleet (a vLLM
+engine, the scorers, the reward-model servers) takes longer than that (about 20 s each here). A
+``WarmFleet`` starts that fleet once and, for each later model, reloads the engines' weights in place
+from the checkpoint (vLLM's ``reload_weights``) and drops their prefix caches.
+
+It reuses the fleet only when nothing the fleet was built from differs: the config sections the fleet
+reads (``fleet_key``) and the checkpoint's files an engine reads besides the weights (the architecture's
+``config.json``, the tokenizer files, the generation config). Anything else, a smaller student for
+instance, shuts the fleet down and starts another. Its actors and placement groups carry the prefix
+``eval-``, so they live beside a stage's own fleet (``rollout-0``, ``rm-helpful``, ...), and the pipeline
+sizes a local cluster for both.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from cluster.config import RunConfig
+
+PREFIX = "eval-"
+ENGINE_FILES = ("config.json", "generation_config.json", "tokenizer", "special_tokens_map", "added_tokens", "vocab",
+                "merges", "chat_template", "spiece", "preprocessor_config", "processor_config")  # fmt: skip
+"""Names (or their starts) of the checkpoint files an engine reads besides the weights; also any ``*.py``
+(a ``trust_remote_code`` model's code)."""
+VOLATILE_KEYS = ("_name_or_path", "name_or_path", "transformers_version", "is_local", "local_files_only")
+"""Keys of those JSON files that say where and with what a checkpoint was saved, not what it is (transformers
+adds ``is_local`` and ``local_files_only`` when it saves a tokenizer it loaded)."""
+
+
+def model_files_digest(model_path: str | Path) -> str:
+    """A digest of the checkpoint files an engine reads besides the weights (``ENGINE_FILES``, their JSON
+    without ``VOLATILE_KEYS``). A model that is not a local folder digests to its name."""
+    path = Path(model_path)
+    if not path.is_dir():
+        return f"name:{model_path}"
+    h = hashlib.sha256()
+    for file in sorted(p for p in path.iterdir() if p.is_file()):
+        if not (file.name.startswith(ENGINE_FILES) or file.suffix == ".py"):
+            continue
+        data = file.read_bytes()
+        if file.suffix == ".json":
+            tree = json.loads(data)
+            if isinstance(tree, dict):
+                tree = {k: v for k, v in tree.items() if k not in VOLATILE_KEYS}
+            data = json.dumps(tree, sort_keys=True).encode()
+        h.update(file.name.encode() + b"\0" + hashlib.sha256(data).digest())
+    return h.hexdigest()
+
+
+def fleet_key(cfg: RunConfig, model_path: str | Path) -> str:
+    """What a fleet without learners is built from: equal keys, interchangeable fleets (given the weights)."""
+    tree = cfg.model_dump(mode="json")
+    parts = {
+        "rollout": tree["rollout"],
+        "reward": tree["reward"],
+        "cluster": tree["cluster"],
+        "model": {k: v for k, v in tree["model"].items() if k != "path"},
+        "think_opened": cfg.data.think_opened,
+        "learner_gpus": cfg.learner.gpus_per_rank,  # it picks the engines' weight-transfer backend
+        "files": model_files_digest(model_path),
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+
+
+class WarmFleet:
+    """``get(cfg, model)``: a fleet (no learners) whose engines hold ``model``; ``close()`` when done."""
+
+    def __init__(self) -> None:
+        self.fleet = None
+        self.key: str | None = None
+        self.starts = 0
+        """Fleets started so far."""
+        self.reloads = 0
+        """Models loaded into a running fleet so far."""
+
+    def get(self, cfg: RunConfig, model_path: str):
+        from cluster.runtime.fleet import Fleet
+
+        key = fleet_key(cfg, model_path)
+        if self.fleet is not None and key == self.key:
+            seconds = self.fleet.load_model(model_path)
+            self.fleet.cfg = cfg
+            self.reloads += 1
+            print(f"eval: {model_path} loaded into the warm fleet in {seconds:.2f} s", flush=True)
+            return self.fleet
+        self.close()
+        self.fleet = Fleet(cfg, model_path, model_path, learners=False, prefix=PREFIX)
+        self.key = key
+        self.starts += 1
+        return self.fleet
+
+    def close(self) -> None:
+        if self.fleet is not None:
+            fleet, self.fleet, self.key = self.fleet, None, None
+            fleet.shutdown()

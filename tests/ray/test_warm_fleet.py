@@ -1,0 +1,56 @@
+"""A pipeline's warm evaluation fleet (``cluster/runtime/warm_fleet.py``): a model loaded into a running engine
+(vLLM's in-place ``reload_weights``) samples, with the same seeds, exactly what a fresh engine started on that
+model samples; the fleet's actors carry their own names (a stage's fleet runs beside it: the pipeline e2e test)
+and are gone after ``close``.
+
+Real vLLM engines in Ray actors, the eval stage's own ``run_eval``."""
+
+import json
+
+import pytest
+import ray
+
+from cluster.config import RunConfig
+from cluster.data.builtin_model import save_random_model
+from cluster.runtime.warm_fleet import PREFIX, WarmFleet
+from cluster.stages.benchmark import run_eval
+
+pytestmark = pytest.mark.ray
+
+
+def _cfg(out, model) -> RunConfig:
+    return RunConfig.model_validate(
+        {
+            "name": "warm",
+            "output_dir": str(out),
+            "model": {"path": str(model), "max_prompt_len": 16, "max_response_len": 12},
+            "data": {"eval_size": 16},
+            "eval": {"samples": 3},
+        }
+    )
+
+
+def _samples(out) -> list[list[str]]:
+    problems = json.loads((out / "report.json").read_text())["per_problem"]
+    return [[s["text"] for s in p["samples"]] + [p["greedy"]["text"]] for p in problems]
+
+
+def test_a_model_loaded_into_a_warm_fleet_samples_what_a_fresh_fleet_of_it_samples(ray_cluster, tied_model, tmp_path):
+    other = save_random_model(tmp_path / "other", tie=True, seed=3)  # the same architecture, other weights
+    run_eval(_cfg(tmp_path, tied_model), tmp_path / "fresh")  # a fleet of its own, shut down after
+    warm = WarmFleet()
+    try:
+        run_eval(_cfg(tmp_path, other), tmp_path / "other-eval", warm)
+        engine = ray.get_actor(f"{PREFIX}rollout-0")  # beside a stage's fleet, named rollout-0
+        run_eval(_cfg(tmp_path, tied_model), tmp_path / "warm", warm)
+        assert (warm.starts, warm.reloads) == (1, 1)
+        assert ray.get_actor(f"{PREFIX}rollout-0")._actor_id == engine._actor_id  # the same engine, not a new one
+    finally:
+        warm.close()
+    with pytest.raises(ValueError):
+        ray.get_actor(f"{PREFIX}rollout-0")
+    fresh = _samples(tmp_path / "fresh")
+    assert _samples(tmp_path / "warm") == fresh
+    assert _samples(tmp_path / "other-eval") != fresh  # the other model's: the reload did change the weights
+    figures = [json.loads((tmp_path / d / "report.json").read_text()) for d in ("fresh", "warm")]
+    assert figures[0]["pass@1"] == figures[1]["pass@1"] and figures[0]["length_mean"] == figures[1]["length_mean"]
