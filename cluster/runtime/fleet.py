@@ -386,6 +386,7 @@ class Fleet:
             raise RuntimeError("load_model is for a fleet without learners: a trained fleet's engines take pushes")
         seconds = ray.get([worker.load_model.remote(str(model_path)) for worker in self.rollouts])
         self.version = 0
+        self.base_path = str(model_path)  # what an engine re-created after a fault starts from
         return max(seconds, default=0.0)
 
     def save_checkpoint(self, path: str) -> None:

@@ -83,11 +83,15 @@ class WarmFleet:
 
         key = fleet_key(cfg, model_path)
         if self.fleet is not None and key == self.key:
-            seconds = self.fleet.load_model(model_path)
-            self.fleet.cfg = cfg
-            self.reloads += 1
-            print(f"eval: {model_path} loaded into the warm fleet in {seconds:.2f} s", flush=True)
-            return self.fleet
+            try:
+                seconds = self.fleet.load_model(model_path)
+            except Exception as err:  # a dead engine, a checkpoint it cannot take: a new fleet will do
+                print(f"eval: the warm fleet could not load {model_path} ({type(err).__name__}); starting a new one")
+            else:
+                self.fleet.cfg = cfg
+                self.reloads += 1
+                print(f"eval: {model_path} loaded into the warm fleet in {seconds:.2f} s", flush=True)
+                return self.fleet
         self.close()
         self.fleet = Fleet(cfg, model_path, model_path, learners=False, prefix=PREFIX)
         self.key = key

@@ -1,7 +1,7 @@
 """A pipeline's warm evaluation fleet (``cluster/runtime/warm_fleet.py``): a model loaded into a running engine
 (vLLM's in-place ``reload_weights``) samples, with the same seeds, exactly what a fresh engine started on that
-model samples; the fleet's actors carry their own names (a stage's fleet runs beside it: the pipeline e2e test)
-and are gone after ``close``.
+model samples; a dead warm engine means a new fleet, not a failed evaluation; the fleet's actors carry their
+own names (a stage's fleet runs beside it: the pipeline e2e test) and are gone after ``close``.
 
 Real vLLM engines in Ray actors, the eval stage's own ``run_eval``."""
 
@@ -45,12 +45,15 @@ def test_a_model_loaded_into_a_warm_fleet_samples_what_a_fresh_fleet_of_it_sampl
         run_eval(_cfg(tmp_path, tied_model), tmp_path / "warm", warm)
         assert (warm.starts, warm.reloads) == (1, 1)
         assert ray.get_actor(f"{PREFIX}rollout-0")._actor_id == engine._actor_id  # the same engine, not a new one
+        ray.kill(engine)  # a warm engine that died: the next evaluation gets a new fleet
+        run_eval(_cfg(tmp_path, tied_model), tmp_path / "restarted", warm)
+        assert (warm.starts, warm.reloads) == (2, 1)
     finally:
         warm.close()
     with pytest.raises(ValueError):
         ray.get_actor(f"{PREFIX}rollout-0")
     fresh = _samples(tmp_path / "fresh")
-    assert _samples(tmp_path / "warm") == fresh
+    assert _samples(tmp_path / "warm") == fresh == _samples(tmp_path / "restarted")
     assert _samples(tmp_path / "other-eval") != fresh  # the other model's: the reload did change the weights
     figures = [json.loads((tmp_path / d / "report.json").read_text()) for d in ("fresh", "warm")]
     assert figures[0]["pass@1"] == figures[1]["pass@1"] and figures[0]["length_mean"] == figures[1]["length_mean"]
