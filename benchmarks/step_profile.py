@@ -43,6 +43,8 @@ AREAS = (
     ("/cluster/", "r1ray"),
     ("/rewards/", "r1ray"),
 )
+BLOCKING = ("get_objects", "wait", "get")
+"""Ray's own Python functions that block on other processes (their Cython callees are invisible to cProfile)."""
 WAITING = ("acquire", "sleep", "select", "poll", "recv", "wait", "get_objects", "epoll")
 ORDER = ["torch kernels", "torch Python", "transformers Python", "vLLM scheduler", "vLLM engine",
          "vLLM model runner", "vLLM sampler", "vLLM other", "Ray", "r1ray", "waiting", "other"]  # fmt: skip
@@ -58,12 +60,22 @@ def area(file: str, name: str) -> str:
         if "ray" in name:
             return "Ray"
         return "other"
-    if file.endswith(("threading.py", "selectors.py", "queue.py")):
+    if file.endswith(("threading.py", "selectors.py", "queue.py")) or (name in BLOCKING and "ray/" in file):
         return "waiting"
     for part, label in AREAS:
         if part in file:
             return label
     return "other"
+
+
+def top(stats: dict, n: int) -> list[tuple[str, str, float]]:
+    """The ``n`` functions of most self time: (area, ``file:line(name)`` shortened, seconds)."""
+    rows = sorted(stats.items(), key=lambda kv: -kv[1][2])[:n]
+    out = []
+    for (file, line, name), (_, _, tottime, _, _) in rows:
+        where = name if file == "~" else f"{file.split('site-packages/')[-1].split('/work/')[-1]}:{line}({name})"
+        out.append((area(file, name), where, tottime))
+    return out
 
 
 def by_area(stats: dict) -> dict[str, float]:
@@ -93,7 +105,7 @@ def _stop_profile(actor) -> dict:
     return {key: value[:4] + ({},) for key, value in table.items()}  # callers dropped: smaller to ship
 
 
-def run(name: str, steps: int) -> dict:
+def run(name: str, steps: int, n_top: int) -> dict:
     import ray
 
     side = R1RaySide(WORKLOADS[name])
@@ -113,17 +125,25 @@ def run(name: str, steps: int) -> dict:
         side.close()
     tables["driver"] = pstats.Stats(driver).stats
     per_step = {role: {k: v / steps for k, v in by_area(t).items()} for role, t in tables.items()}
+    tops = {role: [(a, w, s / steps) for a, w, s in top(t, n_top)] for role, t in tables.items()}
     phases = {k: median([p[k] for p in profiled]) for k in ("sample_s", "train_s", "sync_s", "step_s")}
-    return {"plain_step_s": median(plain), "profiled_wall_s": wall / steps, "phases": phases, "areas": per_step}
+    return {
+        "plain_step_s": median(plain),
+        "profiled_wall_s": wall / steps,
+        "phases": phases,
+        "areas": per_step,
+        "top": tops,
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workloads", default="demo,40m")
     parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--top", type=int, default=6, help="functions of most self time to list per process")
     args = parser.parse_args()
     init_ray()
-    results = {name: run(name, args.steps) for name in args.workloads.split(",")}
+    results = {name: run(name, args.steps, args.top) for name in args.workloads.split(",")}
     lines = []
     for name, r in results.items():
         p = r["phases"]
@@ -141,6 +161,8 @@ def main() -> None:
             ["area", *roles],
             rows,
         )
+        for role, rows_top in r["top"].items():
+            table(f"{name}, {role}: most self time per step", ["area", "function", "s"], [list(t) for t in rows_top])
         shares = []
         for role in ("rollout worker", "learner rank 0"):
             total = sum(r["areas"][role].values())

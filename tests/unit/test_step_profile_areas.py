@@ -20,9 +20,10 @@ def test_functions_are_attributed_by_where_they_live():
     assert area(f"{site}/vllm/v1/core/sched/scheduler.py", "schedule") == "vLLM scheduler"
     assert area(f"{site}/vllm/v1/worker/gpu_model_runner.py", "execute_model") == "vLLM model runner"
     assert area(f"{site}/torch/nn/modules/module.py", "_call_impl") == "torch Python"
-    assert area(f"{site}/ray/_private/worker.py", "get") == "Ray"
+    assert area(f"{site}/ray/_private/serialization.py", "serialize") == "Ray"
     assert area("/work/main/actors/learner.py", "train_step") == "r1ray"
     assert area("/usr/lib/python3.11/json/decoder.py", "decode") == "other"
+    assert area(f"{site}/ray/_private/worker.py", "get_objects") == "waiting"  # blocks on the actors
 
 
 def test_a_real_profile_adds_up_to_its_total_self_time():
