@@ -45,7 +45,7 @@ AREAS = (
 )
 BLOCKING = ("get_objects", "wait", "get")
 """Ray's own Python functions that block on other processes (their Cython callees are invisible to cProfile)."""
-WAITING = ("acquire", "sleep", "select", "poll", "recv", "wait", "get_objects", "epoll")
+WAITING = ("acquire", "sleep", "select.", "epoll", "recv", "wait", "get_objects")
 ORDER = ["torch kernels", "torch Python", "transformers Python", "vLLM scheduler", "vLLM engine",
          "vLLM model runner", "vLLM sampler", "vLLM other", "Ray", "r1ray", "waiting", "other"]  # fmt: skip
 
@@ -57,7 +57,7 @@ def area(file: str, name: str) -> str:
             return "waiting"
         if "torch" in name or "run_backward" in name:
             return "torch kernels"
-        if "ray" in name:
+        if "ray." in name or "_raylet" in name:
             return "Ray"
         return "other"
     if file.endswith(("threading.py", "selectors.py", "queue.py")) or (name in BLOCKING and "ray/" in file):

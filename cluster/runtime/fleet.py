@@ -401,7 +401,7 @@ class Fleet:
         self.placement.remove()
         # A fleet started next (a restart, the next stage) reuses the names: wait until they are released.
         deadline = time.monotonic() + 30
-        for name in self._named():
+        for name in [*self._named(), *(f"{self.prefix}rm-{n}" for n in getattr(self, "reward_models", {}))]:
             while time.monotonic() < deadline:
                 try:
                     ray.get_actor(name)

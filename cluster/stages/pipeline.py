@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import math
 import re
 import time
 from dataclasses import dataclass
@@ -271,6 +272,7 @@ def _digest(cfg: RunConfig) -> str:
 def run_pipeline(pipeline: Pipeline) -> dict:
     """Run the stages in order (see the module docstring); returns the pipeline report."""
     from cluster.runtime.placement import required_cpus
+    from cluster.runtime.ray_cluster import start_ray
     from cluster.runtime.warm_fleet import WarmFleet
     from cluster.stages.common import write_json
     from cluster.stages.pipeline_eval import MODEL_KINDS, run_evaluation
@@ -279,16 +281,24 @@ def run_pipeline(pipeline: Pipeline) -> dict:
     outputs: dict[str, str] = {}
     report: list[dict] = []
     # One local cluster for every stage, as large as the largest stage needs (and the warm evaluation fleet).
-    cpus = max(required_cpus(pipeline.config(s, pipeline.placeholders())) for s in pipeline.stages)
+    planned = pipeline.placeholders()
+    cpus = max(required_cpus(pipeline.config(s, planned)) for s in pipeline.stages)
     first_model = pipeline.first_model_stage()
-    warm = WarmFleet() if pipeline.evaluate and pipeline.evaluate.get("keep_engines", True) else None
-    if warm is not None and first_model is not None:
-        planned = pipeline.placeholders()
-        cpus += max(
-            required_cpus(pipeline.eval_config(s, planned, planned[s.name]))
-            for s in pipeline.stages
-            if s.kind in MODEL_KINDS
-        )
+    warm = None
+    if pipeline.evaluate and first_model is not None:
+        base = str(pipeline.shared.get("model", {}).get("path"))
+        evals = [pipeline.eval_config(None, planned, base)]
+        evals += [pipeline.eval_config(s, planned, planned[s.name]) for s in pipeline.stages if s.kind in MODEL_KINDS]
+        # Kept by default only where it holds no GPU: an idle evaluation engine would keep it from the stages.
+        gpus = any(c.rollout.gpus_per_worker or any(m.gpus for m in c.reward.models.values()) for c in evals)
+        if pipeline.evaluate.get("keep_engines", not gpus):
+            warm = WarmFleet()
+            cpus += max(required_cpus(c) for c in evals)
+    # Started here, before the base evaluation (which would otherwise start it at its own size).
+    cluster_cfg = pipeline.config(pipeline.stages[0], planned).model_copy(deep=True)
+    if cluster_cfg.cluster.num_cpus is None:
+        cluster_cfg.cluster.num_cpus = max(1, math.ceil(cpus))
+    start_ray(cluster_cfg)
 
     def evaluate(stage: Stage | None, model_path: str) -> dict:
         cfg = pipeline.eval_config(stage, outputs, model_path)

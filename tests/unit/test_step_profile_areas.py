@@ -17,6 +17,9 @@ def test_functions_are_attributed_by_where_they_live():
     assert area("~", "<built-in method torch._C._nn.linear>") == "torch kernels"
     assert area("~", "<method 'run_backward' of 'torch._C._EngineBase' objects>") == "torch kernels"
     assert area("~", "<method 'acquire' of '_thread.lock' objects>") == "waiting"
+    assert area("~", "<method 'poll' of 'select.epoll' objects>") == "waiting"
+    assert area("~", "<built-in method torch.index_select>") == "torch kernels"  # not a select() wait
+    assert area("~", "<built-in method numpy.asarray>") == "other"  # not Ray
     assert area(f"{site}/vllm/v1/core/sched/scheduler.py", "schedule") == "vLLM scheduler"
     assert area(f"{site}/vllm/v1/worker/gpu_model_runner.py", "execute_model") == "vLLM model runner"
     assert area(f"{site}/torch/nn/modules/module.py", "_call_impl") == "torch Python"
