@@ -305,7 +305,7 @@ def run_pipeline(pipeline: Pipeline) -> dict:
         return run_evaluation(cfg, pipeline.evaluate, cfg.run_dir / "eval", warm)
 
     try:
-        result = _run_stages(pipeline, outputs, report, first_model, cpus, evaluate)
+        result = _run_stages(pipeline, outputs, report, first_model, evaluate)
     finally:
         if warm is not None:
             warm.close()
@@ -319,8 +319,7 @@ def run_pipeline(pipeline: Pipeline) -> dict:
     return result
 
 
-def _run_stages(pipeline: Pipeline, outputs: dict, report: list, first_model, cpus: float, evaluate) -> dict:
-    from cluster.runtime.ray_cluster import start_ray
+def _run_stages(pipeline: Pipeline, outputs: dict, report: list, first_model, evaluate) -> dict:
     from cluster.stages import checkpoint
     from cluster.stages.common import write_json
     from cluster.stages.pipeline_eval import MODEL_KINDS
@@ -347,10 +346,6 @@ def _run_stages(pipeline: Pipeline, outputs: dict, report: list, first_model, cp
             interrupted = not done and not upstream_ran and same and partial
             print(f"\n=== pipeline {pipeline.name}: stage {stage.folder} ({stage.kind})"
                   f"{', resumed' if interrupted else ''} ===", flush=True)  # fmt: skip
-            cluster_cfg = cfg.model_copy(deep=True)
-            if cluster_cfg.cluster.num_cpus is None:
-                cluster_cfg.cluster.num_cpus = max(1, int(-(-cpus // 1)))
-            start_ray(cluster_cfg)
             if STOP.requested:  # a SIGTERM during the stage before: stop between stages
                 raise Stopped(f"stopped before stage {stage.folder} (SIGTERM)", str(pipeline.root))
             _mark_started(pipeline, stage.folder, _digest(cfg))
