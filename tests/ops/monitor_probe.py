@@ -62,7 +62,13 @@ def main(address: str, prometheus: str, run_dir: Path, timeout_s: float) -> dict
         if wanted <= set(series) and series["ray_r1ray_policy_version"] == row(3)["policy_version"]:
             break
         time.sleep(1.0)
-    panels = {expr: len(query(prometheus, expr)) for expr in panel_queries()}
+    # A panel over increase() needs two scrapes of its counter: ask until each panel has data (or time is up).
+    panel_deadline = max(deadline, time.monotonic() + 15)
+    while True:
+        panels = {expr: len(query(prometheus, expr)) for expr in panel_queries()}
+        if all(panels.values()) or time.monotonic() >= panel_deadline:
+            break
+        time.sleep(1.0)
     targets = [s["metric"]["instance"] for s in query(prometheus, 'up{job="ray"} == 1')]
     log.close()
     return {"series": series, "panels": panels, "targets": targets, "steps_logged": min(step, 3)}
