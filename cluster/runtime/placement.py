@@ -86,11 +86,12 @@ def actor_options(cfg: RunConfig, placement: Placement, role: str, index: int) -
     }
 
 
-def required_cpus(cfg: RunConfig) -> float:
-    """Logical CPUs the run reserves: a local cluster must offer at least this many."""
+def required_cpus(cfg: RunConfig, *, learners: bool = True) -> float:
+    """Logical CPUs the run reserves (``learners``: with its learner ranks; an evaluation fleet has none): a
+    local cluster must offer at least this many."""
     return (
         cfg.rollout.num_workers * cfg.rollout.cpus_per_worker
-        + cfg.learner.world_size * cfg.learner.cpus_per_rank
+        + (cfg.learner.world_size * cfg.learner.cpus_per_rank if learners else 0)
         + cfg.reward.num_scorers * SCORER_CPUS
         + sum(spec.cpus for spec in cfg.reward.models.values())
     )

@@ -293,7 +293,7 @@ def run_pipeline(pipeline: Pipeline) -> dict:
         gpus = any(c.rollout.gpus_per_worker or any(m.gpus for m in c.reward.models.values()) for c in evals)
         if pipeline.evaluate.get("keep_engines", not gpus):
             warm = WarmFleet()
-            cpus += max(required_cpus(c) for c in evals)
+            cpus += max(required_cpus(c, learners=False) for c in evals)
     # Started here, before the base evaluation (which would otherwise start it at its own size).
     cluster_cfg = pipeline.config(pipeline.stages[0], planned).model_copy(deep=True)
     if cluster_cfg.cluster.num_cpus is None:

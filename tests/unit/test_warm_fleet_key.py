@@ -72,3 +72,11 @@ def test_keep_engines_must_be_a_boolean():
     assert check_block({"keep_engines": False}, "p.yaml") == {"keep_engines": False}
     with pytest.raises(Exception, match="keep_engines"):
         check_block({"keep_engines": "no"}, "p.yaml")
+
+
+def test_an_evaluation_fleet_is_sized_without_learner_ranks():
+    from cluster.runtime.placement import SCORER_CPUS, required_cpus
+
+    cfg = RunConfig.model_validate({"rollout": {"cpus_per_worker": 2}, "learner": {"cpus_per_rank": 2}})
+    assert required_cpus(cfg) - required_cpus(cfg, learners=False) == 2
+    assert required_cpus(cfg, learners=False) == 2 + cfg.reward.num_scorers * SCORER_CPUS
