@@ -36,11 +36,15 @@ def token_logprobs_and_entropy(
     rows, entropies = [], []
     # Rows in chunks of at most CHUNK_ELEMENTS logits: one vectorised pass for small batches, while the float32
     # copy of a bf16 vocab-sized tensor stays bounded for large ones (never (B, T, V) at once).
-    for start, stop in row_chunks(logits):
-        scaled = logits[start:stop].float()
+    # ``split``, not slicing: the backward of each slice would write its gradient into a zeroed copy of the whole
+    # logits tensor (one full-size fill and add per chunk: 0.6 s of a 40M model's 3.5 s step); a split's backward
+    # concatenates the chunks' gradients once.
+    step = rows_per_chunk(logits)
+    for block, block_tokens in zip(logits.split(step), tokens.split(step), strict=True):
+        scaled = block.float()
         if temperature != 1.0:
             scaled = scaled / temperature
-        picked = scaled.gather(-1, tokens[start:stop].long().unsqueeze(-1)).squeeze(-1)
+        picked = scaled.gather(-1, block_tokens.long().unsqueeze(-1)).squeeze(-1)
         norm = torch.logsumexp(scaled, dim=-1)
         rows.append(picked - norm)
         if entropy:
@@ -56,11 +60,10 @@ CHUNK_ELEMENTS = 1 << 21
 than row by row, measured on a 32k vocabulary)."""
 
 
-def row_chunks(logits: Tensor) -> list[tuple[int, int]]:
-    """``(start, stop)`` row ranges of ``logits`` (B, ...) holding at most ``CHUNK_ELEMENTS`` each (>= 1 row)."""
+def rows_per_chunk(logits: Tensor) -> int:
+    """Rows of ``logits`` (B, ...) that hold at most ``CHUNK_ELEMENTS`` (at least one row)."""
     per_row = max(1, logits[0].numel()) if len(logits) else 1
-    step = max(1, CHUNK_ELEMENTS // per_row)
-    return [(i, min(i + step, len(logits))) for i in range(0, len(logits), step)]
+    return max(1, CHUNK_ELEMENTS // per_row)
 
 
 def entropy_from_logits(logits: Tensor) -> Tensor:

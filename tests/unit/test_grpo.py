@@ -480,3 +480,8 @@ def test_fused_logprobs_and_entropy_equal_the_separate_passes(temperature, monke
     torch.testing.assert_close(entropy, entropy_from_logits(logits.detach() / temperature))
     assert lp.requires_grad and not entropy.requires_grad
     assert logprobs.token_logprobs_and_entropy(logits, tokens, temperature, entropy=False)[1] is None
+    # The gradient through the row blocks is the one-pass log-softmax's.
+    (grad,) = torch.autograd.grad((lp * torch.arange(15.0).view(5, 3)).sum(), logits)
+    whole = torch.log_softmax(logits / temperature, -1).gather(-1, tokens[..., None]).squeeze(-1)
+    (expected,) = torch.autograd.grad((whole * torch.arange(15.0).view(5, 3)).sum(), logits)
+    torch.testing.assert_close(grad, expected, rtol=1e-5, atol=1e-6)  # the blocks are float32
