@@ -6,14 +6,15 @@ vLLM's own ``nccl`` engine; on CPU r1ray registers this ``gloo`` engine (the wor
 halves below). Registration has to happen inside every vLLM process (main, EngineCore,
 workers), which is what the ``vllm.general_plugins`` entry point in pyproject.toml does.
 
-The trainer side streams one parameter at a time: ``DTensor.full_tensor()`` on every learner
-rank (a collective), then one broadcast from rank 0, so memory stays bounded by the largest
-tensor rather than the model.
+The trainer side streams the parameters in flat buckets (``buckets``): ``DTensor.full_tensor()``
+on every learner rank (a collective) per parameter, then one broadcast from rank 0 per bucket, so
+memory stays bounded by a bucket (or the largest tensor) rather than the model.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any, ClassVar, Self
@@ -62,6 +63,29 @@ class GlooUpdateInfo(WeightTransferUpdateInfo):
             )
 
 
+BUCKET_BYTES = 32 << 20
+"""Parameters travel in flat buckets of up to this many bytes (a larger tensor alone): one gloo round per bucket
+instead of one per tensor (the demo model has 50, each round a loopback exchange), while memory beyond the
+model stays bounded by a bucket or the largest tensor."""
+
+
+def buckets(dtype_names: list[str], shapes: list[list[int]], limit: int = BUCKET_BYTES) -> list[list[int]]:
+    """Consecutive runs of parameter indices that travel as one flat tensor: one dtype each, at most ``limit``
+    bytes unless a single tensor is larger. Both sides compute it from the round's metadata."""
+    out: list[list[int]] = []
+    size = 0
+    for i, (dtype_name, shape) in enumerate(zip(dtype_names, shapes, strict=True)):
+        dtype = getattr(torch, dtype_name)
+        nbytes = dtype.itemsize * int(torch.Size(shape).numel())
+        if out and dtype_names[out[-1][0]] == dtype_name and size + nbytes <= limit:
+            out[-1].append(i)
+            size += nbytes
+        else:
+            out.append([i])
+            size = nbytes
+    return out
+
+
 def _open_group(address: str, port: int, rank: int, world_size: int):
     return stateless_init_torch_distributed_process_group(address, port, rank, world_size, backend="gloo")
 
@@ -92,22 +116,22 @@ class GlooWeightTransferEngine(WeightTransferEngine[GlooInitInfo, GlooUpdateInfo
         self.receive_weights(self.parse_update_info(update_info))
 
     def receive_weights(self, update_info: GlooUpdateInfo) -> None:
-        if self.group is None:
-            raise RuntimeError("gloo weight transfer used before init_weight_transfer_engine")
-        group, device = self.group, self.device
-
-        def received():
-            for name, dtype_name, shape in zip(
-                update_info.names, update_info.dtype_names, update_info.shapes, strict=True
-            ):
-                # A fresh buffer per tensor: the loader may keep a reference to what it is given.
-                buffer = torch.empty(shape, dtype=getattr(torch, dtype_name), device=device)
-                group.broadcast(buffer, 0).wait()
-                yield name, buffer
-
         # One loader call for the whole round: each call walks every module of the model (tied-embedding
         # lookups), which per tensor cost more than loading a small model's weights.
-        self.model.load_weights(received())
+        self.model.load_weights(self.received(update_info))
+
+    def received(self, update_info: GlooUpdateInfo) -> Iterator[tuple[str, torch.Tensor]]:
+        """The round's ``(name, tensor)`` pairs, in order, as each bucket arrives."""
+        if self.group is None:
+            raise RuntimeError("gloo weight transfer used before init_weight_transfer_engine")
+        names, dtype_names, shapes = update_info.names, update_info.dtype_names, update_info.shapes
+        for bucket in buckets(dtype_names, shapes):
+            sizes = [int(torch.Size(shapes[i]).numel()) for i in bucket]
+            # A fresh buffer per bucket: the loader may keep a reference to what it is given.
+            flat = torch.empty(sum(sizes), dtype=getattr(torch, dtype_names[bucket[0]]), device=self.device)
+            self.group.broadcast(flat, 0).wait()
+            for i, part in zip(bucket, flat.split(sizes), strict=True):
+                yield names[i], part.view(shapes[i])
 
     def finish_weight_update(self) -> None:
         from vllm.model_executor.model_loader.reload import finalize_layerwise_reload
@@ -191,10 +215,15 @@ class GlooTrainerWeightTransferEngine(TrainerWeightTransferEngine[GlooTrainerIni
         pool = ThreadPoolExecutor(max_workers=1)
         try:
             receiving = pool.submit(self.client.update_weights, asdict(info))
-            for (name, tensor), expected in zip(self.source, meta, strict=True):
-                if name != expected.name:
-                    raise RuntimeError(f"weight source yielded {name!r}, metadata announced {expected.name!r}")
-                self.group.broadcast(tensor.detach().contiguous(), 0).wait()
+            tensors = iter(zip(self.source, meta, strict=True))
+            for bucket in buckets(info.dtype_names, info.shapes):
+                parts = []
+                for (name, tensor), expected in (next(tensors) for _ in bucket):
+                    if name != expected.name:
+                        raise RuntimeError(f"weight source yielded {name!r}, metadata announced {expected.name!r}")
+                    parts.append(tensor.detach().reshape(-1))
+                flat = parts[0].contiguous() if len(parts) == 1 else torch.cat(parts)
+                self.group.broadcast(flat, 0).wait()
             receiving.result()
         finally:
             # Never join a receiver stuck in a broadcast that will not complete: raise instead.

@@ -109,13 +109,11 @@ def _run_chain(model_path, world_size: int, workers: int, engine_in_actor: bool,
 
 def _skip_weight_updates(engine) -> str:
     """Runs inside the rollout actor: from now on, receive each broadcast and throw it away."""
-    import torch
-
     from cluster.transfer.gloo import GlooWeightTransferEngine
 
     def receive_only(self, info):
-        for dtype_name, shape in zip(info.dtype_names, info.shapes, strict=True):
-            self.group.broadcast(torch.empty(shape, dtype=getattr(torch, dtype_name)), 0).wait()
+        for _ in self.received(info):
+            pass
 
     GlooWeightTransferEngine.start_weight_update = lambda self: None
     GlooWeightTransferEngine.receive_weights = receive_only
