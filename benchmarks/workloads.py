@@ -172,6 +172,8 @@ def _fmt(c) -> str:
 
 def init_ray(num_cpus: int = 8) -> None:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    # As cluster/runtime/ray_cluster.py: the actors at the priority of the driver (and of the floor it measures).
+    os.environ.setdefault("RAY_worker_niceness", "0")
     import ray
 
     ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
