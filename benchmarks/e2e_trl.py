@@ -8,7 +8,8 @@ alternate step by step: r1ray, TRL, floor, r1ray, TRL, floor... Medians after th
 
 The floor is measured in this process between the steps, on the batch r1ray just trained on: plain
 PyTorch training of that batch (``floor.PlainTrainer``), the fastest generation of its prompts
-(``generate`` or r1ray's engine, whichever was faster) and a ``copy_`` of the weights.
+(``generate`` or r1ray's engine, whichever was faster) and a ``copy_`` of the weights; generation
+first, then training, as in a step.
 
     RAY_AUTH_MODE=disabled .venv/bin/python benchmarks/e2e_trl.py [--workloads demo,40m] [--steps 4]
 """
@@ -137,9 +138,13 @@ def run(w: Workload, steps: int, warmup: int) -> dict:
             r = r1.step()
             t = trl.step()
             ids = [list(map(int, p)) for p in r1.last_rollouts.prompt_ids]
+            # In a step's order: generation, then training right after it (as r1ray's learner trains after its
+            # engine generated). The padded update runs last: a second update of the same batch finds the
+            # model's weights and optimizer state still in cache, which no step's training does.
             gen_s, _ = plain_generate(gen_model, ids, w.group, w.new_tokens, w.fixed, stop)
+            bucketed_s = bucketed.step(r1.last_batch) if bucketed else None
             padded_s = plain.step(r1.last_batch)
-            bucketed_s = bucketed.step(r1.last_batch) if bucketed else padded_s
+            bucketed_s = padded_s if bucketed_s is None else bucketed_s
             floor = {"floor_train_s": min(padded_s, bucketed_s), "floor_gen_s": min(gen_s, r["gen_s"])}
             floor |= {"padded_train_s": padded_s, "bucketed_train_s": bucketed_s}
             floor |= {"hf_gen_s": gen_s, "floor_copy_s": plain_copy(plain.model, gen_model)}
