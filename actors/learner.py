@@ -26,10 +26,10 @@ import torch
 import torch.distributed as dist
 
 from actors import learner_checkpoint
-from actors.learner_model import all_reduce, init_group, load_sharded
+from actors.learner_model import all_reduce, init_group, load_sharded, response_logits, response_logprobs
 from actors.reward_model import LIKELIHOOD, last_token_rewards, likelihood_rewards
 from cluster.algo import microbatch
-from cluster.algo.logprobs import token_logprobs, token_logprobs_and_entropy
+from cluster.algo.logprobs import token_logprobs_and_entropy
 from cluster.algo.objective import LossInputs, Objective
 from cluster.algo.sync import LOGPROB_DIFF_MAX, LOGPROB_DIFF_MEAN, EngineGap
 from cluster.config import LearnerConfig
@@ -152,40 +152,6 @@ class LearnerRank:
         if self.head != head:
             raise ValueError(f"{what} needs a learner with head {head!r}; this one has {self.head!r}")
 
-    def _response_logits(
-        self, model: torch.nn.Module, batch: TrainBatch
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Logits predicting each response token, the tokens, and the response mask, all (B, R, ...)."""
-        # Only as wide as this micro-batch's longest sequence: padding columns cost a full forward.
-        used = min(batch.input_ids.shape[1], max(2, int((batch.prompt_lens + batch.response_lens).max())))
-        ids = torch.tensor(batch.input_ids[:, :used], device=self.device)
-        prompt = torch.tensor(batch.prompt_lens, device=self.device)
-        resp = torch.tensor(batch.response_lens, device=self.device)
-        width = max(1, batch.max_response_len)
-        positions = torch.arange(ids.shape[1], device=self.device)
-        attention = (positions[None] < (prompt + resp)[:, None]).long()
-        offsets = torch.arange(width, device=self.device)
-        target_pos = (prompt[:, None] + offsets[None]).clamp(max=ids.shape[1] - 1)
-        # The LM head sees only the hidden states that predict a response token, row by row: no logits for
-        # prompt or padding positions, and no (B, L, V) gather (nor its backward scatter). logits_to_keep
-        # first drops the columns before the earliest of them.
-        first = int(prompt.min()) - 1
-        index = (target_pos - 1 - first)[..., None]
-
-        def response_states(_module, args):
-            hidden = args[0]
-            return (hidden.gather(1, index.expand(-1, -1, hidden.shape[-1])), *args[1:])
-
-        handle = model.get_output_embeddings().register_forward_pre_hook(response_states)
-        try:
-            logits = model(input_ids=ids, attention_mask=attention, logits_to_keep=ids.shape[1] - first).logits
-        finally:
-            handle.remove()
-        if logits.shape[:2] != target_pos.shape:
-            raise RuntimeError(f"{type(model).__name__} does not apply its output embeddings to the hidden states")
-        mask = (offsets[None] < resp[:, None]).float()
-        return logits, ids.gather(1, target_pos), mask
-
     @torch.no_grad()
     def compute_logprobs(self, batch: TrainBatch, *, temperature: float, reference: bool = False) -> np.ndarray:
         """Per-response-token logprobs (B, R) of ``softmax(logits / temperature)`` of this rank's model (or
@@ -194,12 +160,7 @@ class LearnerRank:
         model = self.ref if reference else self.model
         if model is None:
             raise ValueError("no reference model: this learner was built without one")
-        out = np.zeros((len(batch), max(1, batch.max_response_len)), dtype=np.float32)
-        for rows, chunk in self._micro_batches(batch):
-            logits, tokens, mask = self._response_logits(model, chunk)
-            lp = token_logprobs(logits, tokens, temperature) * mask
-            out[rows, : lp.shape[1]] = lp.float().cpu().numpy()
-        return out
+        return response_logprobs(model, self._micro_batches(batch), len(batch), temperature, self.device)
 
     def _rewards(self, model: torch.nn.Module, batch: TrainBatch) -> torch.Tensor:
         """(B,) the scalar head's output at each sequence's last token (prompt + response), or the response's
@@ -243,15 +204,11 @@ class LearnerRank:
         """``objective.epochs`` passes of ``objective.mini_batches`` optimizer steps over this rank's shard;
         returns metrics averaged over updates and ranks."""
         self._require_head(objective.head, type(objective).__name__)
-        if objective.uses_reference and self.ref is None:
-            raise ValueError(f"{type(objective).__name__} needs the reference model, and this learner has none")
         self._check_groups(batch, objective)
         start = time.perf_counter()
         shard = self._shard(batch, objective.mini_batches)
         old = self._old_logprobs(shard, objective)
-        ref = None
-        if objective.uses_reference:
-            ref = torch.as_tensor(self.compute_logprobs(shard, temperature=objective.temperature, reference=True))
+        ref = self._ref_logprobs(shard, objective)
         totals: dict[str, float] = {}
         mini_size = len(shard) // objective.mini_batches
         # The weight-sync proof rides on the first update's forward: the weights the engines sampled with.
@@ -291,6 +248,20 @@ class LearnerRank:
         if objective.updates == 1:
             return None
         return torch.as_tensor(self.compute_logprobs(shard, temperature=objective.temperature))
+
+    def _ref_logprobs(self, shard: TrainBatch, objective: Objective) -> torch.Tensor | None:
+        """The KL term's reference logprobs: the batch's own (the reference actor computed them as it was sampled)
+        or a forward of this rank's reference model."""
+        if not objective.uses_reference:
+            return None
+        if shard.ref_logprobs is not None:
+            return _pad_to(torch.as_tensor(shard.ref_logprobs), shard.max_response_len)
+        if self.ref is None:
+            raise ValueError(
+                f"{type(objective).__name__} needs reference logprobs: this learner has no reference model and the "
+                "batch brings none (learner.reference: actor computes them before the batch reaches the learner)"
+            )
+        return torch.as_tensor(self.compute_logprobs(shard, temperature=objective.temperature, reference=True))
 
     def _optimizer_step(
         self,
@@ -358,9 +329,7 @@ class LearnerRank:
         against an independent computation; every rank must join."""
         shard = self._shard(batch, 1)
         old = self._old_logprobs(shard, objective)
-        ref = None
-        if objective.uses_reference:
-            ref = torch.as_tensor(self.compute_logprobs(shard, temperature=objective.temperature, reference=True))
+        ref = self._ref_logprobs(shard, objective)
         self.optimizer.zero_grad(set_to_none=True)
         self._backward(shard, slice(0, len(shard)), old, ref, objective)
         grads = {}
@@ -382,7 +351,7 @@ class LearnerRank:
         ``cut``: the mini-batch's rows of the precomputed tables, and this micro-batch's rows of those."""
         if objective.head == "reward":
             return LossInputs(values=self._rewards(self.model, micro)), {}
-        logits, tokens, mask = self._response_logits(self.model, micro)
+        logits, tokens, mask = response_logits(self.model, micro, self.device)
         lp, entropy = token_logprobs_and_entropy(logits, tokens, objective.temperature)
         cut = (*cut, slice(0, lp.shape[1]))
         inputs = LossInputs(

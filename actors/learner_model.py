@@ -1,4 +1,5 @@
-"""How a learner rank joins its process group and builds its sharded model without holding a full copy on GPU.
+"""How a learner rank joins its process group and builds its sharded model without holding a full copy on GPU,
+and the response logits and logprobs a learner rank and the reference actor (``reference.py``) compute alike.
 
 ``group_backend`` is the torch.distributed backend of a learner group: ``gloo`` on CPU and
 ``cpu:gloo,cuda:nccl`` on GPUs, so the small CPU tensors the learner all-reduces (token counts,
@@ -15,9 +16,13 @@ Buffers (rotary frequencies are not in the state dict) are broadcast from rank 0
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+from cluster.algo.logprobs import token_logprobs
+from cluster.payloads import TrainBatch
 
 MIXED_BACKEND = "cpu:gloo,cuda:nccl"
 
@@ -137,3 +142,57 @@ def load_sharded(
         model.generation_config = getattr(full, "generation_config", None)
     del full, state
     return model
+
+
+def response_logits(
+    model: torch.nn.Module, batch: TrainBatch, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Logits predicting each response token of ``batch``, the tokens, and the response mask, all (B, R, ...)."""
+    # Only as wide as this micro-batch's longest sequence: padding columns cost a full forward.
+    used = min(batch.input_ids.shape[1], max(2, int((batch.prompt_lens + batch.response_lens).max())))
+    ids = torch.tensor(batch.input_ids[:, :used], device=device)
+    prompt = torch.tensor(batch.prompt_lens, device=device)
+    resp = torch.tensor(batch.response_lens, device=device)
+    width = max(1, batch.max_response_len)
+    positions = torch.arange(ids.shape[1], device=device)
+    attention = (positions[None] < (prompt + resp)[:, None]).long()
+    offsets = torch.arange(width, device=device)
+    target_pos = (prompt[:, None] + offsets[None]).clamp(max=ids.shape[1] - 1)
+    # The LM head sees only the hidden states that predict a response token, row by row: no logits for
+    # prompt or padding positions, and no (B, L, V) gather (nor its backward scatter). logits_to_keep
+    # first drops the columns before the earliest of them.
+    first = int(prompt.min()) - 1
+    index = (target_pos - 1 - first)[..., None]
+
+    def response_states(_module, args):
+        hidden = args[0]
+        return (hidden.gather(1, index.expand(-1, -1, hidden.shape[-1])), *args[1:])
+
+    handle = model.get_output_embeddings().register_forward_pre_hook(response_states)
+    try:
+        logits = model(input_ids=ids, attention_mask=attention, logits_to_keep=ids.shape[1] - first).logits
+    finally:
+        handle.remove()
+    if logits.shape[:2] != target_pos.shape:
+        raise RuntimeError(f"{type(model).__name__} does not apply its output embeddings to the hidden states")
+    mask = (offsets[None] < resp[:, None]).float()
+    return logits, ids.gather(1, target_pos), mask
+
+
+@torch.no_grad()
+def response_logprobs(
+    model: torch.nn.Module,
+    micro_batches: list[tuple[np.ndarray, TrainBatch]],
+    rows: int,
+    temperature: float,
+    device: torch.device,
+) -> np.ndarray:
+    """(rows, R) float32 logprobs of each response token under ``softmax(logits / temperature)`` of ``model``,
+    0 on padding; ``micro_batches``: (row indices, micro-batch) pairs covering the batch's rows."""
+    width = max((mb.max_response_len for _, mb in micro_batches), default=0)
+    out = np.zeros((rows, max(1, width)), dtype=np.float32)
+    for index, chunk in micro_batches:
+        logits, tokens, mask = response_logits(model, chunk, device)
+        lp = token_logprobs(logits, tokens, temperature) * mask
+        out[index, : lp.shape[1]] = lp.float().cpu().numpy()
+    return out

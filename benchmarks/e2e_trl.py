@@ -31,6 +31,8 @@ class R1RaySide:
 
     w: Workload
     extra: list[str] = field(default_factory=list)
+    prefix: str = ""
+    """Before the fleet's actor names: two sides can live in one Ray cluster."""
 
     def __post_init__(self) -> None:
         from transformers import AutoTokenizer
@@ -39,13 +41,15 @@ class R1RaySide:
         from cluster.config import load_config
         from cluster.data.prompts import Prompts
         from cluster.runtime.fleet import Fleet
-        from cluster.stages.rl import behaviour_policy, grpo_objective
+        from cluster.stages.rl import grpo_objective
 
         path = model_path(self.w)
         self.cfg = load_config(None, overrides(self.w, path if self.w.name == "40m" else None) + self.extra)
         self.prompts = Prompts(self.cfg, AutoTokenizer.from_pretrained(path))
-        self.objective, self.behaviour = grpo_objective(self.cfg), behaviour_policy(self.cfg)
-        self.fleet = Fleet(self.cfg, path, path, optimizer_steps=1000, reference=self.objective.uses_reference)
+        self.objective = grpo_objective(self.cfg)
+        self.fleet = Fleet(
+            self.cfg, path, path, optimizer_steps=1000, reference=self.objective.uses_reference, prefix=self.prefix
+        )
         self.version = 0
 
     def sample(self):
@@ -56,26 +60,23 @@ class R1RaySide:
     def learn(self, sampled, settle=None) -> tuple[object, dict[str, float]]:
         """Advantages, train, broadcast (+ sync check) on ``sampled``; returns the batch and phase seconds.
         ``settle``: called before the broadcast (asynchronous rollouts finish sampling first)."""
-        import torch
+        from cluster.stages.rl import train_batch
 
-        from cluster.algo.grpo import group_advantages
-        from cluster.payloads import TrainBatch
-        from cluster.stages.rl import free_sync_check
-
-        adv = group_advantages(torch.as_tensor(sampled.scores.total), self.cfg.grpo.group_size).numpy()
-        free = free_sync_check(self.cfg)  # as rl_loop: the batch proves the last push, else a probe after each
-        batch = TrainBatch.from_rollouts(sampled.rollouts, adv, self.behaviour, check_engine=free)
+        # As rl_loop: a batch sampled with the weights the learner holds (synchronous rollouts, top_p 1) proves the
+        # last push for free; after a stale one (asynchronous rollouts) every push is probed.
+        free = self.cfg.rollout.top_p == 1.0 and sampled.rollouts.policy_version == self.version
+        batch = train_batch(sampled, self.cfg, check_engine=free)
         t0 = time.perf_counter()
         metrics = self.fleet.train(batch, self.objective)
+        t1 = time.perf_counter()
         if settle:
             settle()
-        t1 = time.perf_counter()
+        t2 = time.perf_counter()
         self.version += 1
         self.fleet.sync_weights(self.version, probe=batch, check=not free)
-        t2 = time.perf_counter()
-        return batch, {"train_s": t1 - t0, "sync_s": t2 - t1, "reward": float(sampled.scores.total.mean())} | {
-            "kl": metrics.get("kl", 0.0)
-        }
+        t3 = time.perf_counter()
+        phases = {"train_s": t1 - t0, "wait_s": t2 - t1, "sync_s": t3 - t2}
+        return batch, phases | {"reward": float(sampled.scores.total.mean()), "kl": metrics.get("kl", 0.0)}
 
     def step(self) -> dict[str, float]:
         t0 = time.perf_counter()

@@ -146,10 +146,14 @@ class SampledBatch:
     """Prompts drawn to fill the batch (more than its groups when dynamic sampling dropped some)."""
     data_position: int
     """The prompt stream's position after this batch was drawn (what a checkpoint stores)."""
+    ref_logprobs: np.ndarray | None = None
+    """(P*G, R) float32 reference-model logprobs of the response tokens, from the reference actor
+    (``learner.reference: actor``); None where the learner ranks compute them."""
 
     def __post_init__(self) -> None:
         if len(self.scores) != self.rollouts.num_completions:
             raise ValueError(f"{len(self.scores)} scores for {self.rollouts.num_completions} completions")
+        _check_response_table("ref_logprobs", self.ref_logprobs, self.rollouts.lengths)
 
 
 Behaviour = Literal["rollout", "learner"]
@@ -177,6 +181,9 @@ class TrainBatch:
     """The rows were sampled with the weights the learner holds now (synchronous rollouts): the learner compares
     the engine's ``rollout_logprobs`` with its own first forward (before any update) and reports the gap as
     the weight-sync proof (``rollout/logprob_diff_max``), at no extra forward."""
+    ref_logprobs: np.ndarray | None = None
+    """(B, R) float32 reference-model logprobs of the response tokens at the sampling temperature, computed
+    outside the learner (the reference actor); None: the learner ranks compute them with their own reference."""
 
     def __post_init__(self) -> None:
         b = self.input_ids.shape[0]
@@ -191,6 +198,7 @@ class TrainBatch:
             raise ValueError("behaviour 'rollout' needs the engine's rollout_logprobs in the batch")
         if self.check_engine and self.rollout_logprobs is None:
             raise ValueError("check_engine needs the engine's rollout_logprobs in the batch")
+        _check_response_table("ref_logprobs", self.ref_logprobs, self.response_lens)
 
     def __len__(self) -> int:
         return self.input_ids.shape[0]
@@ -207,6 +215,7 @@ class TrainBatch:
             response_lens=self.response_lens[rows],
             advantages=self.advantages[rows],
             rollout_logprobs=None if self.rollout_logprobs is None else self.rollout_logprobs[rows],
+            ref_logprobs=None if self.ref_logprobs is None else self.ref_logprobs[rows],
         )
 
     def sequences(self) -> list[np.ndarray]:
@@ -216,7 +225,12 @@ class TrainBatch:
 
     @staticmethod
     def from_rollouts(
-        rollouts: Rollouts, advantages: np.ndarray, behaviour: Behaviour = "learner", *, check_engine: bool = False
+        rollouts: Rollouts,
+        advantages: np.ndarray,
+        behaviour: Behaviour = "learner",
+        *,
+        check_engine: bool = False,
+        ref_logprobs: np.ndarray | None = None,
     ) -> TrainBatch:
         g = rollouts.group_size
         prompts = [rollouts.prompt_ids[i // g] for i in range(rollouts.num_completions)]
@@ -234,6 +248,17 @@ class TrainBatch:
             rollout_logprobs=rollouts.logprobs,
             behaviour=behaviour,
             check_engine=check_engine and rollouts.logprobs is not None,
+            ref_logprobs=ref_logprobs,
+        )
+
+
+def _check_response_table(name: str, table: np.ndarray | None, lengths: np.ndarray) -> None:
+    """A per-response-token table: one row per sequence, at least as wide as the longest response."""
+    if table is None:
+        return
+    if table.ndim != 2 or table.shape[0] != len(lengths) or table.shape[1] < int(lengths.max(initial=0)):
+        raise ValueError(
+            f"{name} must be ({len(lengths)}, >= {int(lengths.max(initial=0))}) for these responses, got {table.shape}"
         )
 
 

@@ -128,10 +128,12 @@ class Fleet:
         self.base_path = base_path
         self.version = 0
         """The policy version the engines hold (the last one pushed)."""
-        self.restarts = restarts if restarts is not None else {"rollout": 0, "scorer": 0, "learner": 0}
+        self.restarts = restarts if restarts is not None else {"rollout": 0, "scorer": 0, "learner": 0, "reference": 0}
         """Actors re-created so far (shared with the stage: ``learner`` counts restarts of a whole fleet)."""
         self.faults = FAULTS
         self.rollouts, self.scorers, self.learners = [], [], []
+        self.reference = None
+        """The reference actor (``learner.reference: actor``), or None where the learner ranks hold the reference."""
         self.reward_models: dict[str, object] = {}
         self.weights: WeightSync | None = None
         self.placement: Placement = create_placement(cfg, rollouts=rollouts, learners=learners, prefix=prefix)
@@ -151,9 +153,13 @@ class Fleet:
         self.scorers = [self._scorer(i) for i in range(cfg.reward.num_scorers if scoring else 0)]
         models = cfg.reward.models.items() if scoring else ()
         self.reward_models = {name: self._reward_model(name, spec) for name, spec in models}
+        apart = reference and learners and cfg.learner.reference == "actor"
+        if apart:
+            self.reference = self._reference()
         if learners:
-            self.learners = self._learners(model_path, base_path, optimizer_steps, reference)
-        ray.get([w.ready.remote() for w in [*self.rollouts, *self.reward_models.values()]])
+            self.learners = self._learners(model_path, base_path, optimizer_steps, reference and not apart)
+        waits = [*self.rollouts, *self.reward_models.values(), *([self.reference] if apart else [])]
+        ray.get([w.ready.remote() for w in waits])
         if rollouts and learners:
             tp = max(1, cfg.rollout.gpus_per_worker)
             self.weights = WeightSync(
@@ -171,6 +177,7 @@ class Fleet:
         p = self.prefix
         actors = {f"{p}rollout-{i}": a for i, a in enumerate(self.rollouts)}
         actors |= {f"{p}reward-{i}": a for i, a in enumerate(self.scorers)}
+        actors |= {f"{p}reference-0": self.reference} if self.reference is not None else {}
         return actors | {f"{p}learner-{i}": a for i, a in enumerate(self.learners)}
 
     # ------------------------------------------------------------------ supervision
@@ -267,6 +274,26 @@ class Fleet:
             runtime_env={"env_vars": actor_env()},
         ).remote(spec.path, batch_size=spec.batch_size, device="cuda" if spec.gpus else "cpu")
 
+    def _reference(self):
+        """The frozen base model as an actor of its own (``learner.reference: actor``), batched like the learner."""
+        from actors.reference import ReferenceWorker
+
+        lc = self.cfg.learner
+        return ReferenceWorker.options(
+            name=f"{self.prefix}reference-0",
+            num_cpus=lc.reference_cpus,
+            num_gpus=lc.reference_gpus,
+            runtime_env={"env_vars": actor_env()},
+        ).remote(
+            self.base_path,
+            dtype="bfloat16" if lc.mixed_precision == "bf16" else "float32",
+            device="cuda" if lc.reference_gpus else "cpu",
+            threads=int(lc.reference_cpus),
+            micro_batch_size=lc.micro_batch_size,
+            micro_batch_tokens=lc.micro_batch_tokens,
+            trust_remote_code=self.cfg.model.trust_remote_code,
+        )
+
     def _learners(self, model_path: str, base_path: str, optimizer_steps: int, reference: bool) -> list:
         cfg = self.cfg
         addr, port = self._rank0_address()
@@ -355,6 +382,22 @@ class Fleet:
                 raise LearnerLost(f"a learner rank died ({type(err).__name__})") from err
         return ray.get(calls)
 
+    def reference_logprobs(self, rollouts: Rollouts, temperature: float) -> np.ndarray | None:
+        """The reference actor's (B, R) logprobs of every response token of ``rollouts`` (None without one). A dead
+        reference actor is re-created (it holds nothing but the frozen base model) and asked again."""
+        if self.reference is None:
+            return None
+        batch = TrainBatch.from_rollouts(rollouts, np.zeros(rollouts.num_completions, dtype=np.float32))
+        self.faults.at("reference")
+        while True:
+            try:
+                return ray.get(self.reference.logprobs.remote(batch, temperature))
+            except ray.exceptions.RayActorError as err:
+                self._count_restart("reference", f"{self.prefix}reference-0", err)
+                ray.kill(self.reference)
+                self.reference = _retry_name(self._reference)
+                self.faults.record({f"{self.prefix}reference-0": self.reference})
+
     def sync_weights(self, version: int, probe: TrainBatch, *, check: bool = True) -> dict[str, float]:
         """Push the learner's weights to every engine, then (``check``) prove it on ``probe``'s first rows."""
         if self.weights is None:
@@ -396,12 +439,13 @@ class Fleet:
         ray.get([learner.load_checkpoint.remote(path) for learner in self.learners])
 
     def shutdown(self) -> None:
-        for actor in [*self.rollouts, *self.scorers, *self.learners, *getattr(self, "reward_models", {}).values()]:
+        reference = [self.reference] if self.reference is not None else []
+        for actor in [*self.rollouts, *self.scorers, *self.learners, *self.reward_models.values(), *reference]:
             ray.kill(actor)
         self.placement.remove()
         # A fleet started next (a restart, the next stage) reuses the names: wait until they are released.
         deadline = time.monotonic() + 30
-        for name in [*self._named(), *(f"{self.prefix}rm-{n}" for n in getattr(self, "reward_models", {}))]:
+        for name in [*self._named(), *(f"{self.prefix}rm-{n}" for n in self.reward_models)]:
             while time.monotonic() < deadline:
                 try:
                     ray.get_actor(name)

@@ -92,6 +92,7 @@ def required_cpus(cfg: RunConfig, *, learners: bool = True) -> float:
     return (
         cfg.rollout.num_workers * cfg.rollout.cpus_per_worker
         + (cfg.learner.world_size * cfg.learner.cpus_per_rank if learners else 0)
+        + (cfg.learner.reference_cpus if learners and cfg.learner.reference == "actor" else 0)
         + cfg.reward.num_scorers * SCORER_CPUS
         + sum(spec.cpus for spec in cfg.reward.models.values())
     )

@@ -37,7 +37,7 @@ def train(cfg: RunConfig, resume: bool = False) -> dict:
     prompts = Prompts(cfg, start.tokenizer)
     start_ray(cfg)
     STOP.install(cfg.cluster.stop_grace_s)
-    restarts = {"rollout": 0, "scorer": 0, "learner": 0}
+    restarts = {"rollout": 0, "scorer": 0, "learner": 0, "reference": 0}
     while True:
         prompts.train.position = start.state["data_position"]
         try:
@@ -96,7 +96,6 @@ def rl_loop(fleet, prompts: Prompts, cfg: RunConfig, log: MetricsLogger, evals: 
     """GRPO steps ``first_step..grpo.steps``; returns the prompt stream's position after the last batch."""
     position = prompts.train.position
     objective = grpo_objective(cfg)
-    behaviour = behaviour_policy(cfg)
     schedule = RolloutSchedule(lambda: collect(fleet, prompts, cfg), ahead=cfg.grpo.async_rollouts)
     trained = saved = first_step - 1  # the last step the learner holds, and the last one checkpointed here
     free_check = free_sync_check(cfg)
@@ -105,9 +104,7 @@ def rl_loop(fleet, prompts: Prompts, cfg: RunConfig, log: MetricsLogger, evals: 
             started = time.perf_counter()
             more = step < cfg.grpo.steps
             sampled = schedule.batch(prefetch=more)
-            g = cfg.grpo.group_size
-            advantages = group_advantages(torch.as_tensor(sampled.scores.total), g, scale=cfg.grpo.scale_advantages)
-            batch = TrainBatch.from_rollouts(sampled.rollouts, advantages.numpy(), behaviour, check_engine=free_check)
+            batch = train_batch(sampled, cfg, check_engine=free_check)
             train_started = time.perf_counter()
             train_metrics = fleet.train(batch, objective)
             trained, position = step, sampled.data_position
@@ -196,6 +193,20 @@ def behaviour_policy(cfg: RunConfig) -> Behaviour:
     return "rollout" if cfg.grpo.async_rollouts or (several and cfg.grpo.old_logprobs == "rollout") else "learner"
 
 
+def train_batch(sampled: SampledBatch, cfg: RunConfig, *, check_engine: bool) -> TrainBatch:
+    """The learner's batch of a sampled one: group-relative advantages, where the behaviour policy's logprobs
+    come from, and the reference logprobs when the reference actor computed them as the batch was sampled."""
+    scores = torch.as_tensor(sampled.scores.total)
+    advantages = group_advantages(scores, cfg.grpo.group_size, scale=cfg.grpo.scale_advantages).numpy()
+    return TrainBatch.from_rollouts(
+        sampled.rollouts,
+        advantages,
+        behaviour_policy(cfg),
+        check_engine=check_engine,
+        ref_logprobs=sampled.ref_logprobs,
+    )
+
+
 def collect(fleet, prompts: Prompts, cfg: RunConfig) -> SampledBatch:
     """Sample and score one batch of groups; with DAPO dynamic sampling, keep groups whose rewards differ."""
     g, want = cfg.grpo.group_size, cfg.grpo.prompts_per_step
@@ -220,13 +231,17 @@ def collect(fleet, prompts: Prompts, cfg: RunConfig) -> SampledBatch:
     chosen = (kept + dropped)[:want]  # refill with uninformative groups (zero advantage) if rounds ran out
     rows = Scores.concat([c.scores for c in chosen])
     calls = Scores.concat([r.scores for r in rounds], sequential=True)  # every round's timeouts, errors, seconds
+    rollouts = replace(
+        Rollouts.concat([c.rollouts for c in chosen]), gen_seconds=sum(r.rollouts.gen_seconds for r in rounds)
+    )
     return SampledBatch(
-        rollouts=replace(
-            Rollouts.concat([c.rollouts for c in chosen]), gen_seconds=sum(r.rollouts.gen_seconds for r in rounds)
-        ),
+        rollouts=rollouts,
         scores=replace(calls, total=rows.total, components=rows.components),
         prompts_sampled=sum(r.prompts for r in rounds),
         data_position=prompts.train.position,
+        # With a reference actor, the KL term's reference logprobs are computed here, as the batch is sampled
+        # (ahead of the learner with asynchronous rollouts).
+        ref_logprobs=fleet.reference_logprobs(rollouts, cfg.rollout.temperature),
     )
 
 
