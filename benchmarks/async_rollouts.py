@@ -26,18 +26,20 @@ from e2e_trl import R1RaySide
 from workloads import WORKLOADS, init_ray, median, table
 
 
-def place(actor, cores: set[int]) -> None:
-    """Every thread of ``actor``'s process (and any it starts later) on ``cores``, one torch thread per core."""
+def place(actor, cores: set[int], threads: int | None = -1) -> None:
+    """Every thread of ``actor``'s process (and any it starts later) on ``cores``, with ``threads`` torch threads
+    (-1: one per core; None: as the actor set them)."""
     import ray
 
-    def set_affinity(_self, cores=cores):
+    def set_affinity(_self, cores=cores, threads=threads):
         import torch
 
         for tid in os.listdir("/proc/self/task"):
             os.sched_setaffinity(int(tid), cores)
         # vLLM's CPU worker replaces ``torch.set_num_threads`` in the engine's process with a no-op that only
         # logs; without the original the engine kept its 2 OpenMP threads on one core (sampling x13 slower).
-        torch._C.set_num_threads(len(cores))
+        if threads is not None:
+            torch._C.set_num_threads(len(cores) if threads == -1 else threads)
 
     ray.get(actor.__ray_call__.remote(set_affinity))
 
@@ -46,32 +48,38 @@ def place(actor, cores: set[int]) -> None:
 class Mode:
     name: str
     ahead: bool
-    """Asynchronous rollouts (one step off-policy), each role on its own core."""
-    reference_actor: bool
-    """The reference forward in the reference actor (on the rollout's core when ``ahead``), not the learner."""
+    """Asynchronous rollouts (one step off-policy), rollout worker(s) and learner each on a core of its own."""
+    overrides: tuple[str, ...] = ()
+    """The fleet's layout, over the demo config (two engines of one thread each, a learner of two threads)."""
 
 
+ONE_ENGINE = ("rollout.num_workers=1", "rollout.cpus_per_worker=2")
 MODES = [
-    Mode("sync, reference on the learner (cores 0+1)", ahead=False, reference_actor=False),
-    Mode("sync, reference actor (cores 0+1)", ahead=False, reference_actor=True),
-    Mode("async, reference on the learner (rollout core 0, learner core 1)", ahead=True, reference_actor=False),
-    Mode("async, reference actor (rollout + reference core 0, learner core 1)", ahead=True, reference_actor=True),
+    Mode("sync, 2 engines x 1 thread (the demo's layout)", ahead=False),
+    Mode("sync, 1 engine x 2 threads", ahead=False, overrides=ONE_ENGINE),
+    Mode("async, reference on the learner (rollout core 0, learner core 1)", ahead=True, overrides=ONE_ENGINE),
+    Mode(
+        "async, reference actor (rollout + reference core 0, learner core 1)",
+        ahead=True,
+        overrides=(*ONE_ENGINE, "learner.reference=actor"),
+    ),
 ]
 
 
 class Modes:
-    """Two fleets in one Ray cluster (the learner's own reference; the reference actor), each switched between the
-    synchronous and the asynchronous schedule between blocks of steps."""
+    """One fleet per mode in one Ray cluster (actor names prefixed), all on the same two cores; the modes take
+    turns in blocks of steps."""
 
     def __init__(self) -> None:
         from cluster.stages.rl import RolloutSchedule
 
         # Asynchronous rollouts need the engine's logprobs as the behaviour policy; the synchronous steps use
         # them too (one update on fresh samples: the same computation as the learner's own, plus one table).
-        extra = ["grpo.async_rollouts=true"]
+        # Each engine keeps a small KV cache: five engines share this machine's memory.
+        extra = ["grpo.async_rollouts=true", "rollout.gpu_memory_utilization=0.04"]
         self.sides = {
-            False: R1RaySide(WORKLOADS["demo"], extra, prefix="rank-"),
-            True: R1RaySide(WORKLOADS["demo"], [*extra, "learner.reference=actor"], prefix="actor-"),
+            mode: R1RaySide(WORKLOADS["demo"], [*extra, *mode.overrides], prefix=f"m{i}-")
+            for i, mode in enumerate(MODES)
         }
         self.sample_s: dict[Mode, list[float]] = {mode: [] for mode in MODES}
         self.schedules = {mode: RolloutSchedule(self._timed_sample(mode), ahead=mode.ahead) for mode in MODES}
@@ -86,16 +94,18 @@ class Modes:
 
         def sample():
             t0 = time.perf_counter()
-            sampled = self.sides[mode.reference_actor].sample()
+            sampled = self.sides[mode].sample()
             self.sample_s[mode].append(time.perf_counter() - t0)
             return sampled
 
         return sample
 
     def steps(self, mode: Mode, n: int, keep: bool) -> None:
-        side = self.sides[mode.reference_actor]
+        side = self.sides[mode]
         fleet = side.fleet
-        place(fleet.rollouts[0], {0} if mode.ahead else {0, 1})
+        # Synchronous: every actor may use both cores (each engine with its configured threads).
+        for worker in fleet.rollouts:
+            place(worker, {0} if mode.ahead else {0, 1}, threads=None if not mode.ahead else 1)
         place(fleet.learners[0], {1} if mode.ahead else {0, 1})
         if fleet.reference is not None:
             place(fleet.reference, {0} if mode.ahead else {0, 1})
@@ -124,7 +134,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=8, help="measured steps per mode (two blocks)")
     args = parser.parse_args()
-    init_ray(num_cpus=16)
+    init_ray(num_cpus=8 * len(MODES))  # logical: each fleet reserves its own; they take turns
     modes = Modes()
     try:
         for mode in MODES:
@@ -147,21 +157,20 @@ def main() -> None:
         rows,
     )
     block = args.steps // 2
-    for mode in MODES[2:]:
+    for mode in MODES:
         print(f"{mode.name}: reward of the last block {sum(modes.rewards[mode][-block:]) / block:.3f}")
-    sync = min(median(modes.times[mode]) for mode in MODES if not mode.ahead)  # the faster synchronous layout
-    for mode in MODES[2:]:
-        # The best an overlap can do with one core per role: the slower core's work, then the broadcast.
-        p = {key: median(v) for key, v in modes.phases[mode].items()}
-        print(
-            f"{mode.name}: sampling core {p['sample_s']:.2f} s (generate {p['gen_s']:.2f}), learner core"
-            f" {p['train_s']:.2f} s, broadcast {p['sync_s']:.2f} s; async/sync x{sync / median(modes.times[mode]):.2f}"
-        )
-    best = MODES[3]
-    print(
-        f"\nasync/sync speed-up: x{sync / median(modes.times[best]):.2f} (reference actor, against the faster "
-        "synchronous layout)"
-    )
+    step = {mode: median(modes.times[mode]) for mode in MODES}
+    sync = min((m for m in MODES if not m.ahead), key=step.get)  # the faster synchronous layout
+    fast = min((m for m in MODES if m.ahead), key=step.get)
+    for mode in MODES:
+        if mode.ahead:  # each core's work per step: the busier one, then the broadcast, bounds the step
+            p = {key: median(v) for key, v in modes.phases[mode].items()}
+            print(
+                f"{mode.name}: sampling core {p['sample_s']:.2f} s (generate {p['gen_s']:.2f}), learner core"
+                f" {p['train_s']:.2f} s, broadcast {p['sync_s']:.2f} s; the faster sync's step / this one"
+                f" x{step[sync] / step[mode]:.2f}"
+            )
+    print(f"\nasync/sync speed-up: x{step[sync] / step[fast]:.2f} ({fast.name} against {sync.name})")
 
 
 if __name__ == "__main__":

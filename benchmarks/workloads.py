@@ -62,6 +62,8 @@ def overrides(w: Workload, model: str | None = None) -> list[str]:
     if model:
         sets += [f"model.path={model}", "model.max_prompt_len=32", "rollout.stop=[]", "data.template=raw"]
         sets += ["reward.weights={format: 1.0}", "reward.accuracy_key=format"]
+        # A 40M model's decoding step is mostly kernels: one engine with both cores' threads, one weight reload.
+        sets += ["rollout.num_workers=1", "rollout.cpus_per_worker=2"]
     return sets
 
 
