@@ -255,7 +255,7 @@ class LearnerRank:
         if not objective.uses_reference:
             return None
         if shard.ref_logprobs is not None:
-            return _pad_to(torch.as_tensor(shard.ref_logprobs), shard.max_response_len)
+            return _pad_to(torch.as_tensor(shard.ref_logprobs), max(1, shard.max_response_len))
         if self.ref is None:
             raise ValueError(
                 f"{type(objective).__name__} needs reference logprobs: this learner has no reference model and the "

@@ -1,16 +1,16 @@
 """Asynchronous rollouts vs synchronous on the same two cores, on the demo workload, and whether it learns.
 
-Synchronous (the default): the rollout worker and the learner take turns, each with both cores (two
-threads). Asynchronous (``grpo.async_rollouts``: the next batch is sampled with the previous weights
-while the learner trains): the rollout worker's process is pinned to core 0 and the learner's to core 1,
-one thread each, the two-CPU-set placement a machine with separate hardware for each role would give.
-Each mode runs twice: with the reference model on the learner (``learner.reference: rank``) and in the
-reference actor (``actor``; pinned beside the rollout worker when asynchronous, so the learner's core only
-trains). Two fleets (one per reference placement) switch between the modes in blocks of steps (medians after
-two warm-up steps each), pinning the actors' threads at each switch; the reward across the run shows the
-policy still improves when its samples are one step off-policy. Each core's own seconds (sampling with its
-reference forward; training) give the bound of the split: an async step is at least the busier core, plus the
-broadcast. The speed-up is set against the faster synchronous layout.
+Synchronous: the rollout engines and the learner take turns, each with both cores; two layouts, the demo's
+(two engines of one thread each, side by side) and one engine of two threads; the faster one is the baseline.
+Asynchronous (``grpo.async_rollouts``: the next batch is sampled with the previous weights while the learner
+trains): one engine pinned to core 0 and the learner to core 1, one thread each, the two-CPU-set placement a
+machine with separate hardware for each role would give; once with the reference model on the learner
+(``learner.reference: rank``) and once in the reference actor (``actor``, pinned beside the engine, so the
+learner's core only trains). One fleet per mode (actor names prefixed), the modes taking turns in blocks of
+steps (medians after two warm-up steps each), pinning the actors' threads at each switch; the reward across
+the run shows the policy still improves when its samples are one step off-policy. Each core's own seconds
+(sampling with its reference forward; training) give the bound of the split: an async step is at least the
+busier core, plus the broadcast.
 
     RAY_AUTH_MODE=disabled .venv/bin/python benchmarks/async_rollouts.py [--steps 8]
 """

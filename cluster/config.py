@@ -383,6 +383,11 @@ class RunConfig(Section):
             )
         if self.learner.mixed_precision == "bf16" and self.learner.gpus_per_rank == 0:
             raise ValueError("learner.mixed_precision 'bf16' needs learner.gpus_per_rank = 1")
+        if self.learner.reference == "actor" and self.learner.gpus_per_rank and not self.learner.reference_gpus:
+            raise ValueError(
+                "learner.reference 'actor' with GPU learner ranks needs learner.reference_gpus = 1: on CPU the "
+                "reference forward of a model trained on GPUs would take longer than the step"
+            )
         several = self.grpo.epochs * self.grpo.mini_batches > 1
         engine_old = self.grpo.async_rollouts or (several and self.grpo.old_logprobs == "rollout")
         if self.rollout.top_p < 1 and engine_old:

@@ -149,6 +149,8 @@ class SampledBatch:
     ref_logprobs: np.ndarray | None = None
     """(P*G, R) float32 reference-model logprobs of the response tokens, from the reference actor
     (``learner.reference: actor``); None where the learner ranks compute them."""
+    reference_seconds: float = 0.0
+    """How long the reference actor took to compute them (as the driver waited for it)."""
 
     def __post_init__(self) -> None:
         if len(self.scores) != self.rollouts.num_completions:

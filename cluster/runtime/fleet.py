@@ -283,6 +283,7 @@ class Fleet:
             name=f"{self.prefix}reference-0",
             num_cpus=lc.reference_cpus,
             num_gpus=lc.reference_gpus,
+            resources=lc.resources or None,
             runtime_env={"env_vars": actor_env()},
         ).remote(
             self.base_path,

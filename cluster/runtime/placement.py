@@ -92,13 +92,18 @@ def required_cpus(cfg: RunConfig, *, learners: bool = True) -> float:
     return (
         cfg.rollout.num_workers * cfg.rollout.cpus_per_worker
         + (cfg.learner.world_size * cfg.learner.cpus_per_rank if learners else 0)
-        + (cfg.learner.reference_cpus if learners and cfg.learner.reference == "actor" else 0)
+        + (cfg.learner.reference_cpus if learners and reference_actor(cfg) else 0)
         + cfg.reward.num_scorers * SCORER_CPUS
         + sum(spec.cpus for spec in cfg.reward.models.values())
     )
 
 
 SCORER_CPUS = 0.5
+
+
+def reference_actor(cfg: RunConfig) -> bool:
+    """Whether an RL run of ``cfg`` starts the reference actor: ``learner.reference: actor`` and a KL term."""
+    return cfg.learner.reference == "actor" and cfg.grpo.kl_coef > 0
 
 
 def create_placement(

@@ -234,14 +234,17 @@ def collect(fleet, prompts: Prompts, cfg: RunConfig) -> SampledBatch:
     rollouts = replace(
         Rollouts.concat([c.rollouts for c in chosen]), gen_seconds=sum(r.rollouts.gen_seconds for r in rounds)
     )
+    # With a reference actor, the KL term's reference logprobs are computed here, once the batch is sampled (with
+    # asynchronous rollouts, while the learner trains on the batch before it).
+    started = time.perf_counter()
+    ref_logprobs = fleet.reference_logprobs(rollouts, cfg.rollout.temperature)
     return SampledBatch(
         rollouts=rollouts,
         scores=replace(calls, total=rows.total, components=rows.components),
         prompts_sampled=sum(r.prompts for r in rounds),
         data_position=prompts.train.position,
-        # With a reference actor, the KL term's reference logprobs are computed here, as the batch is sampled
-        # (ahead of the learner with asynchronous rollouts).
-        ref_logprobs=fleet.reference_logprobs(rollouts, cfg.rollout.temperature),
+        ref_logprobs=ref_logprobs,
+        reference_seconds=time.perf_counter() - started if ref_logprobs is not None else 0.0,
     )
 
 
@@ -287,6 +290,7 @@ def step_metrics(
         **sync,
         "time/rollout_s": rollouts.gen_seconds,
         "time/reward_s": scores.seconds,
+        **({"time/reference_s": sampled.reference_seconds} if sampled.ref_logprobs is not None else {}),
         "time/train_s": train_s,
         "throughput/tokens_per_s": float(lengths.sum()) / max(rollouts.gen_seconds, 1e-9),
     }

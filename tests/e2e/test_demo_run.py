@@ -171,28 +171,33 @@ def test_resumed_run_matches_an_uninterrupted_one(run, straight):
 
 
 # rollout-0 dies as step 2's generate is sent and again between steps 2 and 3 (before the weight push), reward-0
-# as step 2's scoring is sent, learner-0 as step 3's update is: each call is lost and must be re-issued.
-FAULTS = "rollout-0@generate:4,rollout-0@sync:3,reward-0@score:4,learner-0@train:3"
+# as step 2's scoring is sent, reference-0 (this run keeps the reference model in an actor of its own) as step 2's
+# reference logprobs are asked for, learner-0 as step 3's update is: each call is lost and must be re-issued.
+FAULTS = "rollout-0@generate:4,rollout-0@sync:3,reward-0@score:4,reference-0@reference:2,learner-0@train:3"
 
 
 @pytest.fixture(scope="module")
 def faulty(runs):
     out = runs
-    proc = _train(out, "--set", "grpo.steps=3", "--set", "cluster.max_restarts=4", name="faulty", faults=FAULTS)
+    extra = ["--set", "grpo.steps=3", "--set", "cluster.max_restarts=5", "--set", "learner.reference=actor"]
+    extra += ["--set", "learner.reference_cpus=2"]  # the threads of the straight run's learner: the same sums
+    proc = _train(out, *extra, name="faulty", faults=FAULTS)
     return out / "faulty", proc
 
 
 def test_the_run_survives_dead_actors_and_takes_the_same_steps(faulty, straight):
-    """Engines and scorers are re-created and their calls re-issued; a dead learner restarts the actors from
-    the last checkpoint. Every step is logged once, and (re-seeded engines) the run equals an undisturbed one."""
+    """Engines, scorers and the reference actor are re-created and their calls re-issued; a dead learner restarts
+    the actors from the last checkpoint. Every step is logged once, and (re-seeded engines) the run equals an
+    undisturbed one, whose learner holds the reference itself: the reference actor's logprobs are the same."""
     run_dir, proc = faulty
     out = proc.stdout
     assert out.count("fault: rollout-0 died") == 2 and out.count("fault: reward-0 died") == 1
+    assert out.count("fault: reference-0 died") == 1
     assert "restarting the run's actors from the checkpoint of step 2" in out
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3]
     assert (rows[-1]["faults/rollout_restarts"], rows[-1]["faults/scorer_restarts"]) == (2, 1)
-    assert rows[-1]["faults/learner_restarts"] == 1
+    assert rows[-1]["faults/learner_restarts"] == 1 and rows[-1]["faults/reference_restarts"] == 1
     assert all(r["rollout/logprob_diff_max"] < 1e-3 for r in rows)  # the re-created engine got the weights
     uninterrupted = [json.loads(line) for line in (straight / "metrics.jsonl").read_text().splitlines()]
     for a, b in zip(rows, uninterrupted, strict=True):

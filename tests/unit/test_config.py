@@ -179,3 +179,20 @@ def test_a_malformed_dataset_line_is_one_line_and_exit_2_before_ray(tmp_path):
     assert proc.returncode == 2, proc.stderr
     assert f"{data}, line 2: not valid JSON" in proc.stderr and "Traceback" not in proc.stderr
     assert "Ray dashboard" not in proc.stdout, "no cluster is started for a run that cannot begin"
+
+
+def test_the_reference_actor_reserves_its_cpus_beside_the_learners():
+    from cluster.runtime.placement import required_cpus
+
+    base = load_config(None, [])
+    apart = load_config(None, ["learner.reference=actor", "learner.reference_cpus=3"])
+    assert required_cpus(apart) == required_cpus(base) + 3
+    assert required_cpus(apart, learners=False) == required_cpus(base, learners=False)  # an evaluation fleet
+    no_kl = load_config(None, ["learner.reference=actor", "grpo.kl_coef=0"])  # no KL term: no reference actor
+    assert required_cpus(no_kl) == required_cpus(base)
+    with pytest.raises(ConfigError, match="learner.reference"):
+        load_config(None, ["learner.reference=elsewhere"])
+    gpus = ["learner.gpus_per_rank=1", "rollout.gpus_per_worker=1", "learner.reference=actor"]
+    with pytest.raises(ConfigError, match="learner.reference_gpus = 1"):
+        load_config(None, gpus)
+    assert load_config(None, [*gpus, "learner.reference_gpus=1"]).learner.reference_gpus == 1

@@ -116,3 +116,29 @@ def test_dynamic_sampling_pads_with_flat_groups_when_rounds_run_out(rounds):
     assert batch.prompts_sampled == 4 + 3 * (rounds - 1)
     informative = int((batch.scores.total.reshape(4, 4).std(axis=1) > 0).sum())
     assert informative == rounds
+
+
+class ReferenceFleet(ScriptedFleet):
+    """As ScriptedFleet, with a reference actor whose table tags each row with its prompt and its sample index."""
+
+    def reference_logprobs(self, rollouts, temperature):
+        self.asked = rollouts
+        g = rollouts.group_size
+        rows = np.arange(rollouts.num_completions)
+        tags = np.array([100.0 * rollouts.prompt_ids[r // g][-2] + r % g for r in rows], dtype=np.float32)
+        return np.repeat(tags[:, None], rollouts.tokens.shape[1], axis=1)
+
+
+def test_the_reference_table_is_computed_for_the_kept_groups_and_reaches_the_train_batch():
+    from cluster.stages.rl import train_batch
+
+    cfg = _cfg(True)
+    prompts = _prompts(cfg, ["1=", "2=", "2=", "1=", "1=", "2=", "1=", "2=", "2=", "2="])
+    fleet = ReferenceFleet()
+    sampled = collect(fleet, prompts, cfg)
+    assert fleet.asked is sampled.rollouts  # once, on the batch as kept, not per sampling round
+    want = np.repeat((100.0 + np.arange(16) % 4)[:, None], 3, axis=1)
+    np.testing.assert_array_equal(sampled.ref_logprobs, want)
+    batch = train_batch(sampled, cfg, check_engine=False)
+    np.testing.assert_array_equal(batch.ref_logprobs, want)
+    np.testing.assert_array_equal(batch.select(np.array([5, 2])).ref_logprobs[:, 0], [101.0, 102.0])
