@@ -2,9 +2,11 @@
 
 import socket
 
+import numpy as np
+
 from actors.learner import PolicyLearner
 from cluster.config import LearnerConfig
-from cluster.payloads import LearnerSpec
+from cluster.payloads import LearnerSpec, TrainBatch
 
 
 def free_port() -> int:
@@ -32,3 +34,15 @@ def start_ranks(model_path, cfg: LearnerConfig, *, optimizer_steps: int = 1, ref
         for rank in range(cfg.world_size)
     ]
     return [PolicyLearner.options(num_cpus=1).remote(spec) for spec in specs]
+
+
+def random_batch(rows: int = 8, seed: int = 0) -> TrainBatch:
+    """Rows of random prompt (3-5) and response (2-8) tokens of the tiny vocabulary, random advantages."""
+    rng = np.random.default_rng(seed)
+    prompt_lens = rng.integers(3, 6, rows)
+    response_lens = rng.integers(2, 9, rows)
+    ids = np.zeros((rows, int((prompt_lens + response_lens).max())), dtype=np.int64)
+    for i in range(rows):
+        ids[i, : prompt_lens[i] + response_lens[i]] = rng.integers(2, 25, prompt_lens[i] + response_lens[i])
+    advantages = rng.standard_normal(rows).astype(np.float32)
+    return TrainBatch(input_ids=ids, prompt_lens=prompt_lens, response_lens=response_lens, advantages=advantages)

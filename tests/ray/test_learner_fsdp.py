@@ -10,20 +10,13 @@ from cluster.algo.grpo import GRPOObjective
 from cluster.algo.sft import SFTObjective
 from cluster.config import LearnerConfig
 from cluster.payloads import TrainBatch
-from tests.ray.learner_ranks import start_ranks
+from tests.ray.learner_ranks import random_batch, start_ranks
 
 pytestmark = pytest.mark.ray
 
 
 def _batch(rows: int = 8, seed: int = 0) -> TrainBatch:
-    rng = np.random.default_rng(seed)
-    prompt_lens = rng.integers(3, 6, rows)
-    response_lens = rng.integers(2, 9, rows)
-    ids = np.zeros((rows, int((prompt_lens + response_lens).max())), dtype=np.int64)
-    for i in range(rows):
-        ids[i, : prompt_lens[i] + response_lens[i]] = rng.integers(2, 25, prompt_lens[i] + response_lens[i])
-    advantages = rng.standard_normal(rows).astype(np.float32)
-    return TrainBatch(input_ids=ids, prompt_lens=prompt_lens, response_lens=response_lens, advantages=advantages)
+    return random_batch(rows, seed)
 
 
 def _train(model_path, world: int, objective, out_dir) -> dict:

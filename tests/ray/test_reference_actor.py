@@ -16,7 +16,7 @@ from cluster.algo.grpo import GRPOObjective
 from cluster.config import LearnerConfig
 from cluster.data.builtin_model import save_random_model
 from cluster.payloads import LearnerSpec, TrainBatch
-from tests.ray.learner_ranks import free_port
+from tests.ray.learner_ranks import free_port, random_batch
 
 pytestmark = pytest.mark.ray
 
@@ -24,14 +24,7 @@ TEMPERATURE = 0.7
 
 
 def _batch(rows: int = 12, seed: int = 5) -> TrainBatch:
-    rng = np.random.default_rng(seed)
-    prompt_lens = rng.integers(3, 6, rows)
-    response_lens = rng.integers(2, 9, rows)
-    ids = np.zeros((rows, int((prompt_lens + response_lens).max())), dtype=np.int64)
-    for i in range(rows):
-        ids[i, : prompt_lens[i] + response_lens[i]] = rng.integers(2, 25, prompt_lens[i] + response_lens[i])
-    advantages = rng.standard_normal(rows).astype(np.float32)
-    return TrainBatch(input_ids=ids, prompt_lens=prompt_lens, response_lens=response_lens, advantages=advantages)
+    return random_batch(rows, seed)
 
 
 def _learner(policy, reference_model, *, reference: bool, cfg: LearnerConfig):
