@@ -4,8 +4,8 @@
 ``learner.reference: actor`` the learner ranks hold only the policy, and the RL stage asks this actor for the
 reference logprobs of each sampled batch before it trains on it (OpenRLHF's separate reference model). The
 forward is the learner's own (``learner_model.response_logits``, the same micro-batches), so the numbers are
-those a learner rank would compute. With asynchronous rollouts it scores batch N+1 beside the sampling,
-while the ranks train on batch N: the ranks' step loses its reference forward.
+those a learner rank would compute. With asynchronous rollouts it scores batch N+1 right after it is sampled
+and scored, while the ranks still train on batch N: the ranks' step loses its reference forward.
 """
 
 from __future__ import annotations

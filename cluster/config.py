@@ -294,9 +294,9 @@ class LearnerConfig(Section):
     reference: Literal["rank", "actor"] = "rank"
     """Where the frozen reference model of the KL term runs. ``rank``: on every learner rank, sharded like the
     policy, its forward part of each train step. ``actor``: one Ray actor of its own (``reference-0``, on
-    ``reference_cpus`` / ``reference_gpus``; the whole model must fit its device) that scores each batch as soon
-    as it is sampled (OpenRLHF's separate reference model): the ranks only train, and with
-    ``grpo.async_rollouts`` the reference forward of batch N+1 runs beside the sampling, not in the ranks' step."""
+    ``reference_cpus`` / ``reference_gpus``; the whole model must fit its device) that scores each batch right
+    after it is sampled and scored (OpenRLHF's separate reference model): the ranks only train, and with
+    ``grpo.async_rollouts`` the reference forward of batch N+1 runs while the ranks train on batch N."""
     reference_cpus: float = Field(1.0, gt=0)
     """CPUs reserved for the reference actor (its torch threads on CPU)."""
     reference_gpus: int = Field(0, ge=0, le=1)
