@@ -54,11 +54,9 @@ test-fast: install
 
 # benchmarks/: r1ray vs TRL end to end (TRL in its own venv, runs/_bench/venv-trl) with this machine's floor,
 # rollout vs generate, learner vs plain PyTorch, weight broadcast, async vs sync rollouts, where a step's time goes
-# (cProfile in every process); each prints a table.
+# (cProfile in every process); each prints a table, and run_all.py ends with the wall time of each.
 bench: install
-	cd benchmarks && ../$(BIN)/python e2e_trl.py && ../$(BIN)/python rollout_gen.py && \
-	  ../$(BIN)/python learner_step.py && ../$(BIN)/python weight_sync.py --rounds 3 && ../$(BIN)/python async_rollouts.py && \
-	  ../$(BIN)/python step_profile.py
+	cd benchmarks && ../$(BIN)/python run_all.py
 
 lint: install
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

@@ -1,7 +1,8 @@
 """Asynchronous rollouts vs synchronous on the same two cores, on the demo workload, and whether it learns.
 
-Synchronous: the rollout engines and the learner take turns, each with both cores; two layouts, the demo's
-(two engines of one thread each, side by side) and one engine of two threads; the faster one is the baseline.
+Synchronous: the rollout engines and the learner take turns, each with both cores, in the demo's layout (two
+engines of one thread each, side by side; ``--all-modes`` adds one engine of two threads, which
+``rollout_gen.py`` and earlier runs of this benchmark measured slower: the baseline is the faster of those run).
 Asynchronous (``grpo.async_rollouts``: the next batch is sampled with the previous weights while the learner
 trains): one engine pinned to core 0 and the learner to core 1, one thread each, the two-CPU-set placement a
 machine with separate hardware for each role would give; once with the reference model on the learner
@@ -10,9 +11,11 @@ learner's core only trains). One fleet per mode (actor names prefixed), the mode
 steps (medians after two warm-up steps each), pinning the actors' threads at each switch; the reward across
 the run shows the policy still improves when its samples are one step off-policy. Each core's own seconds
 (sampling with its reference forward; training) give the bound of the split: an async step is at least the
-busier core, plus the broadcast.
+busier core, plus the broadcast. Every fleet's policy learns to answer longer as it trains (the mean response
+length column), and its steps grow with it: compare modes within this table, at the same steps, not with
+another benchmark's earlier steps.
 
-    RAY_AUTH_MODE=disabled .venv/bin/python benchmarks/async_rollouts.py [--steps 8]
+    RAY_AUTH_MODE=disabled .venv/bin/python benchmarks/async_rollouts.py [--steps 8] [--all-modes]
 """
 
 from __future__ import annotations
@@ -54,9 +57,10 @@ class Mode:
 
 
 ONE_ENGINE = ("rollout.num_workers=1", "rollout.cpus_per_worker=2")
+SYNC_ONE_ENGINE = Mode("sync, 1 engine x 2 threads", ahead=False, overrides=ONE_ENGINE)
+"""Only with ``--all-modes``: slower than the demo's layout in every run so far (3.72 s against 3.15 s a step)."""
 MODES = [
     Mode("sync, 2 engines x 1 thread (the demo's layout)", ahead=False),
-    Mode("sync, 1 engine x 2 threads", ahead=False, overrides=ONE_ENGINE),
     Mode("async, reference on the learner (rollout core 0, learner core 1)", ahead=True, overrides=ONE_ENGINE),
     Mode(
         "async, reference actor (rollout + reference core 0, learner core 1)",
@@ -70,7 +74,7 @@ class Modes:
     """One fleet per mode in one Ray cluster (actor names prefixed), all on the same two cores; the modes take
     turns in blocks of steps."""
 
-    def __init__(self) -> None:
+    def __init__(self, modes: list[Mode]) -> None:
         from cluster.stages.rl import RolloutSchedule
 
         # Asynchronous rollouts need the engine's logprobs as the behaviour policy; the synchronous steps use
@@ -79,15 +83,16 @@ class Modes:
         extra = ["grpo.async_rollouts=true", "rollout.gpu_memory_utilization=0.04"]
         self.sides = {
             mode: R1RaySide(WORKLOADS["demo"], [*extra, *mode.overrides], prefix=f"m{i}-")
-            for i, mode in enumerate(MODES)
+            for i, mode in enumerate(modes)
         }
-        self.sample_s: dict[Mode, list[float]] = {mode: [] for mode in MODES}
-        self.schedules = {mode: RolloutSchedule(self._timed_sample(mode), ahead=mode.ahead) for mode in MODES}
-        self.times: dict[Mode, list[float]] = {mode: [] for mode in MODES}
-        self.rewards: dict[Mode, list[float]] = {mode: [] for mode in MODES}
-        self.staleness: dict[Mode, list[int]] = {mode: [] for mode in MODES}
-        # Each role's own seconds per step: generation (inside the engine), training, broadcast.
-        self.phases: dict[Mode, dict[str, list[float]]] = {mode: {} for mode in MODES}
+        self.sample_s: dict[Mode, list[float]] = {mode: [] for mode in modes}
+        self.schedules = {mode: RolloutSchedule(self._timed_sample(mode), ahead=mode.ahead) for mode in modes}
+        self.times: dict[Mode, list[float]] = {mode: [] for mode in modes}
+        self.rewards: dict[Mode, list[float]] = {mode: [] for mode in modes}
+        self.staleness: dict[Mode, list[int]] = {mode: [] for mode in modes}
+        # Each role's own seconds per step: generation (inside the engine), training, broadcast; the batch's mean
+        # response length.
+        self.phases: dict[Mode, dict[str, list[float]]] = {mode: {} for mode in modes}
 
     def _timed_sample(self, mode: Mode):
         """The side's sampling (generate, score, and the reference forward with the reference actor), timed."""
@@ -120,6 +125,7 @@ class Modes:
                 self.times[mode].append(time.perf_counter() - t0)
                 own = {key: phases[key] for key in ("train_s", "wait_s", "sync_s")}
                 own |= {"gen_s": sampled.rollouts.gen_seconds, "sample_s": self.sample_s[mode][-1]}
+                own["length"] = float(sampled.rollouts.lengths.mean())
                 for key, value in own.items():
                     self.phases[mode].setdefault(key, []).append(value)
 
@@ -133,36 +139,39 @@ class Modes:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=8, help="measured steps per mode (two blocks)")
+    parser.add_argument("--all-modes", action="store_true", help="also synchronous with one engine of two threads")
     args = parser.parse_args()
-    init_ray(num_cpus=8 * len(MODES))  # logical: each fleet reserves its own; they take turns
-    modes = Modes()
+    run_modes = [MODES[0], SYNC_ONE_ENGINE, *MODES[1:]] if args.all_modes else MODES
+    init_ray(num_cpus=8 * len(run_modes))  # logical: each fleet reserves its own; they take turns
+    modes = Modes(run_modes)
     try:
-        for mode in MODES:
+        for mode in run_modes:
             modes.steps(mode, 2, keep=False)  # warm-up: the first async step has nothing sampled ahead yet
         for _ in range(2):
-            for mode in MODES:
+            for mode in run_modes:
                 modes.steps(mode, args.steps // 2, keep=True)
     finally:
         modes.close()
     rows = []
-    for mode in MODES:
+    for mode in run_modes:
         r, p = modes.rewards[mode], {key: median(v) for key, v in modes.phases[mode].items()}
         reward = f"{r[0]:.3f} -> {r[-1]:.3f}"
         rows.append([mode.name, median(modes.times[mode]), p["gen_s"], p["sample_s"], p["train_s"], p["wait_s"]])
-        rows[-1] += [p["sync_s"], reward, max(modes.staleness[mode])]
-    header = ["mode", "median s/step", "generate", "sample", "train", "wait", "sync", "reward first -> last", "stale"]
+        rows[-1] += [p["sync_s"], p["length"], reward, max(modes.staleness[mode])]
+    header = ["mode", "median s/step", "generate", "sample", "train", "wait", "sync", "mean len"]
+    header += ["reward first -> last", "stale"]
     table(
         f"async vs sync rollouts, demo workload, {args.steps} measured steps each (blocks of {args.steps // 2})",
         header,
         rows,
     )
     block = args.steps // 2
-    for mode in MODES:
+    for mode in run_modes:
         print(f"{mode.name}: reward of the last block {sum(modes.rewards[mode][-block:]) / block:.3f}")
-    step = {mode: median(modes.times[mode]) for mode in MODES}
-    sync = min((m for m in MODES if not m.ahead), key=step.get)  # the faster synchronous layout
-    fast = min((m for m in MODES if m.ahead), key=step.get)
-    for mode in MODES:
+    step = {mode: median(modes.times[mode]) for mode in run_modes}
+    sync = min((m for m in run_modes if not m.ahead), key=step.get)  # the faster synchronous layout
+    fast = min((m for m in run_modes if m.ahead), key=step.get)
+    for mode in run_modes:
         if mode.ahead:  # each core's work per step: the busier one, then the broadcast, bounds the step
             p = {key: median(v) for key, v in modes.phases[mode].items()}
             print(
