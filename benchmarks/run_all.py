@@ -19,11 +19,11 @@ from workloads import table
 HERE = Path(__file__).resolve().parent
 BENCHMARKS = [
     ("e2e_trl", []),
-    ("rollout_gen", []),
-    ("learner_step", ["--steps", "4"]),
+    ("rollout_gen", ["--rounds", "2"]),
+    ("learner_step", ["--steps", "3"]),
     # The ~100M model the issue names; the demo model's broadcast is e2e_trl's sync column, in the demo's layout.
-    ("weight_sync", ["--rounds", "3", "--sizes", "100m"]),
-    ("async_rollouts", []),
+    ("weight_sync", ["--rounds", "2", "--sizes", "100m"]),
+    ("async_rollouts", ["--steps", "6"]),
     ("step_profile", ["--steps", "2"]),
 ]
 """Sized so the whole runs in about 15 minutes on this project's 2-core machine; each script's own defaults
