@@ -154,7 +154,11 @@ class Modes:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=8, help="measured steps per mode (two blocks)")
-    parser.add_argument("--all-modes", action="store_true", help="also synchronous with one engine of two threads")
+    parser.add_argument(
+        "--all-modes",
+        action="store_true",
+        help="also sync, shared with one engine of two threads, and async with the reference forward on the learner",
+    )
     args = parser.parse_args()
     run_modes = [*MODES, *MORE_MODES] if args.all_modes else MODES
     init_ray(num_cpus=8 * len(run_modes))  # logical: each fleet reserves its own; they take turns
