@@ -15,15 +15,11 @@ from tests.ray.learner_ranks import random_batch, start_ranks
 pytestmark = pytest.mark.ray
 
 
-def _batch(rows: int = 8, seed: int = 0) -> TrainBatch:
-    return random_batch(rows, seed)
-
-
 def _train(model_path, world: int, objective, out_dir) -> dict:
     learner_cfg = LearnerConfig(world_size=world, lr=1e-3, micro_batch_size=2, grad_clip=1e9)
     ranks = start_ranks(model_path, learner_cfg, optimizer_steps=objective.updates, reference=objective.uses_reference)
     try:
-        batch = ray.put(_batch())
+        batch = ray.put(random_batch())
         metrics = ray.get([r.train_step.remote(batch, objective) for r in ranks])[0]
         ray.get([r.save_checkpoint.remote(str(out_dir)) for r in ranks])
         return metrics
@@ -112,7 +108,7 @@ def test_gradient_equals_the_full_batch_gradient_in_every_layout(ray_cluster, ti
     two weightings and SFT: the gradient is the full-batch gradient, so a scale error (a factor of the world
     size, of the micro-batch count, a token count taken per micro-batch) or a row matched to another row's
     advantage shows up at once, unlike in the weights after one Adam step."""
-    batch = _batch(rows=8, seed=3)
+    batch = random_batch(rows=8, seed=3)
     got = _learner_gradients(tied_model, world, micro, batch, OBJECTIVES, tokens)
     for objective, grads in zip(OBJECTIVES, got, strict=True):
         want = _full_batch_gradient(tied_model, batch, objective)
@@ -146,7 +142,7 @@ def test_length_bucketed_logprobs_come_back_in_batch_order(ray_cluster, tied_mod
     (the reference's, the behaviour policy's) comes back row for row in the batch's order."""
     ranks = start_ranks(tied_model, LearnerConfig(micro_batch_size=8, micro_batch_tokens=20))
     try:
-        probe = _batch(rows=12, seed=7)
+        probe = random_batch(rows=12, seed=7)
         got = ray.get(ranks[0].compute_logprobs.remote(probe, temperature=1.0))
     finally:
         for r in ranks:
@@ -160,10 +156,10 @@ def test_rank0_load_at_world_size_two_and_sharded_resume(ray_cluster, tied_model
     DCP shard per rank) resumes to exactly the step the uninterrupted ranks take next."""
     cfg = LearnerConfig(world_size=2, lr=1e-3, micro_batch_size=2, grad_clip=1e9)
     objective = GRPOObjective(kl_coef=0.0, loss_agg="seq-mean-token-mean")
-    first, second = ray.put(_batch(seed=0)), ray.put(_batch(seed=1))
+    first, second = ray.put(random_batch(seed=0)), ray.put(random_batch(seed=1))
     ranks = start_ranks(tied_model, cfg, optimizer_steps=2)
     try:
-        probe = _batch(seed=5)
+        probe = random_batch(seed=5)
         got = ray.get([r.compute_logprobs.remote(probe, temperature=1.0) for r in ranks])
         np.testing.assert_allclose(got[0], _plain_logprobs(tied_model, probe), atol=1e-5)
         np.testing.assert_array_equal(got[0], got[1])
@@ -200,7 +196,7 @@ def test_checkpoint_export_is_the_trained_policy(ray_cluster, tied_model, tmp_pa
     from cluster.algo.logprobs import token_logprobs
 
     ranks = start_ranks(tied_model, LearnerConfig(world_size=world, lr=1e-2, micro_batch_size=2, grad_clip=1e9))
-    batch = _batch()
+    batch = random_batch()
     try:
         ref = ray.put(batch)
         for _ in range(2):
