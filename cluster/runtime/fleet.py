@@ -257,6 +257,7 @@ class Fleet:
             max_model_len=cfg.model.max_prompt_len + cfg.model.max_response_len,
             seed=cfg.rollout.seed + index,
             gpu_memory_utilization=cfg.rollout.gpu_memory_utilization,
+            kv_cache_gb=cfg.rollout.kv_cache_gb,
             tensor_parallel_size=max(1, cfg.rollout.gpus_per_worker),
             enforce_eager=cfg.rollout.enforce_eager,
             weight_sync=weight_sync_backend(cfg),

@@ -213,6 +213,8 @@ def test_past_max_restarts_the_run_stops_with_one_line(runs):
         "grpo.steps=3",
         "--set",
         "cluster.max_restarts=0",
+        "--set",
+        "rollout.num_workers=1",  # one engine to start: the run only has to die
         faults="rollout-0@generate:3",
         rc=1,
         name="abort",
