@@ -63,17 +63,21 @@ class R1RaySide:
         from cluster.stages.rl import train_batch
 
         # As rl_loop: a batch sampled with the weights the learner holds (synchronous rollouts, top_p 1) proves the
-        # last push for free; after a stale one (asynchronous rollouts) every push is probed.
+        # last push for free; after a stale one (asynchronous rollouts) a probe of it runs during this step.
         free = self.cfg.rollout.top_p == 1.0 and sampled.rollouts.policy_version == self.version
         batch = train_batch(sampled, self.cfg, check_engine=free)
+        proof = None if free else self.fleet.start_sync_check(batch)
         t0 = time.perf_counter()
         metrics = self.fleet.train(batch, self.objective)
         t1 = time.perf_counter()
         if settle:
             settle()
         t2 = time.perf_counter()
+        if proof:
+            gap = self.fleet.sync_check_result(proof)["rollout/logprob_diff_max"]
+            assert gap < 1e-3, f"the engines' weights differ from the learner's: logprob gap {gap:.1e}"
         self.version += 1
-        self.fleet.sync_weights(self.version, probe=batch, check=not free)
+        self.fleet.sync_weights(self.version, probe=batch, check=False)
         t3 = time.perf_counter()
         phases = {"train_s": t1 - t0, "wait_s": t2 - t1, "sync_s": t3 - t2}
         return batch, phases | {"reward": float(sampled.scores.total.mean()), "kl": metrics.get("kl", 0.0)}

@@ -330,7 +330,8 @@ class ClusterConfig(Section):
     rollouts every push is proven anyway, for free, by the next step's batch: the learner compares the
     engine's logprob of each sampled token with its own first forward (``rollout/logprob_diff_max``).
     Asynchronous rollouts (sampled with older weights) and ``rollout.top_p`` < 1 (nucleus-renormalised engine
-    logprobs) probe after every push."""
+    logprobs) probe every push during the step after it (the learner before its update, the engines beside their
+    sampling: off the step's critical path), and the last push at once."""
     weight_sync: Literal["auto", "gloo", "nccl", "ipc"] = "auto"
     """Weight broadcast backend: ``auto`` picks nccl when learners and engines have GPUs of their own, ipc
     (CUDA IPC handles) when they share GPUs (``placement: colocated``), else gloo."""

@@ -25,7 +25,7 @@ from cluster.errors import LearnerLost, RunAborted
 from cluster.payloads import LearnerSpec, Rollouts, SamplingSpec, Scores, TrainBatch
 from cluster.runtime.faults import FAULTS
 from cluster.runtime.placement import SCORER_CPUS, Placement, actor_options, create_placement
-from cluster.runtime.weight_sync import WeightSync, weight_sync_backend
+from cluster.runtime.weight_sync import PendingCheck, WeightSync, weight_sync_backend
 from rewards.registry import RowInfo
 from rewards.tags import judged_span
 
@@ -412,6 +412,25 @@ class Fleet:
             raise LearnerLost(f"a learner rank or engine died during the weight push ({type(err).__name__})") from err
         self.version = version
         return (pushed | self.weights.check(probe)) if check else pushed
+
+    def start_sync_check(self, probe: TrainBatch) -> PendingCheck:
+        """The sync check of the weights the learner and the engines hold now, on ``probe``'s first rows, sent to
+        run beside what they do next (``WeightSync.start_check``); ``sync_check_result`` collects it."""
+        if self.weights is None:
+            raise RuntimeError("this fleet has no rollout engines or no learners: there is nothing to check")
+        return self.weights.start_check(probe)
+
+    def sync_check_result(self, pending: PendingCheck) -> dict[str, float]:
+        """A started check's gap; nothing where an engine died on the way (the engine re-created in its place took
+        a push of its own), a ``LearnerLost`` where a rank did."""
+        try:
+            return pending.result()
+        except ray.exceptions.RayActorError:
+            try:
+                ray.get(pending.learners)
+            except ray.exceptions.RayActorError as err:
+                raise LearnerLost(f"a learner rank died during a sync check ({type(err).__name__})") from err
+            return {}
 
     def rewards(self, batch: TrainBatch) -> np.ndarray:
         """A reward-model fleet's (``head="reward"``) reward per row of ``batch`` (B,); every rank joins the forward."""

@@ -73,14 +73,31 @@ class WeightSync:
 
     def check(self, batch: TrainBatch) -> dict[str, float]:
         """The learner's and every engine's logprobs of the first rows of ``batch``, compared."""
+        return self.start_check(batch).result()
+
+    def start_check(self, batch: TrainBatch) -> PendingCheck:
+        """``check``, sent now and collected by ``PendingCheck.result``: each actor runs its part when it reaches
+        the call, after the calls sent to it before (a learner's probe before a ``train_step`` sent after it sees
+        the weights before the update; an engine's, queued behind a ``generate``, still the pushed ones)."""
         start = time.perf_counter()
         probe = batch.select(slice(0, SYNC_PROBE_ROWS))
         # vLLM applies no sampling processors to prompt logprobs: compare at temperature 1.
-        learner = self.learners[0].compute_logprobs.remote(probe, temperature=1.0)
-        others = [rank.compute_logprobs.remote(probe, temperature=1.0) for rank in self.learners[1:]]
+        learners = [rank.compute_logprobs.remote(probe, temperature=1.0) for rank in self.learners]
         sequences = probe.sequences()
-        engines = ray.get([worker.prompt_logprobs.remote(sequences) for worker in self.rollouts])
-        learner_lp = ray.get(learner)
-        ray.get(others)  # every FSDP rank joins the forward's parameter gathers
-        gap = logprob_gap(learner_lp, engines, probe.prompt_lens, probe.response_lens)
-        return gap | {"time/sync_check_s": time.perf_counter() - start}
+        engines = [worker.prompt_logprobs.remote(sequences) for worker in self.rollouts]
+        return PendingCheck(probe, learners, engines, time.perf_counter() - start)
+
+
+class PendingCheck:
+    """A sync check on its way: ``result`` waits for its parts (every FSDP rank joins the forward's parameter
+    gathers) and compares them; ``time/sync_check_s`` is what the caller spent sending and waiting."""
+
+    def __init__(self, probe: TrainBatch, learners: list, engines: list, sent_s: float) -> None:
+        self.probe, self.learners, self.engines, self.sent_s = probe, learners, engines, sent_s
+
+    def result(self) -> dict[str, float]:
+        start = time.perf_counter()
+        engines = ray.get(self.engines)
+        learner_lp = ray.get(self.learners)[0]
+        gap = logprob_gap(learner_lp, engines, self.probe.prompt_lens, self.probe.response_lens)
+        return gap | {"time/sync_check_s": self.sent_s + time.perf_counter() - start}

@@ -105,13 +105,17 @@ def rl_loop(fleet, prompts: Prompts, cfg: RunConfig, log: MetricsLogger, evals: 
             more = step < cfg.grpo.steps
             sampled = schedule.batch(prefetch=more)
             batch = train_batch(sampled, cfg, check_engine=free_check)
+            # Without the free check, the push before this step is proven while the step runs: the learner scores
+            # the probe before this batch's update, the engines beside their sampling, before the next push.
+            proof = None if free_check else fleet.start_sync_check(batch)
             train_started = time.perf_counter()
             train_metrics = fleet.train(batch, objective)
             trained, position = step, sampled.data_position
             train_s = time.perf_counter() - train_started
             schedule.settle()  # the engines finish sampling before they take new weights
-            probe = not free_check or not more or every(cfg.cluster.sync_check_every, step)
-            sync = fleet.sync_weights(step, probe=batch, check=probe)
+            proven = fleet.sync_check_result(proof) if proof else {}
+            probe = not more or (free_check and every(cfg.cluster.sync_check_every, step))
+            sync = worse_gap(proven, fleet.sync_weights(step, probe=batch, check=probe))
             row = step_metrics(step, cfg, sampled, train=train_metrics, sync=sync, train_s=train_s, started=started)
             row |= fleet.fault_metrics()
             log.log(row)
@@ -182,8 +186,20 @@ def free_sync_check(cfg: RunConfig) -> bool:
     """Whether each training batch proves the push before it (``TrainBatch.check_engine``): synchronous rows were
     sampled with the learner's weights, so its first forward must match the engine's logprobs. Not with
     ``top_p`` < 1, where vLLM's logprobs are renormalised over the nucleus and the learner's are not; there, and
-    with asynchronous rollouts, a probe follows every push."""
+    with asynchronous rollouts, every push is proven by a probe during the step after it (``Fleet.start_sync_check``),
+    and the last one at once."""
     return not cfg.grpo.async_rollouts and cfg.rollout.top_p == 1.0
+
+
+def worse_gap(a: dict[str, float], b: dict[str, float]) -> dict[str, float]:
+    """Two sync checks' metrics as one: the larger engine-vs-learner gaps, the seconds of both."""
+    out = a | b
+    for key in (LOGPROB_DIFF_MAX, LOGPROB_DIFF_MEAN):
+        if key in a and key in b:
+            out[key] = max(a[key], b[key])
+    if "time/sync_check_s" in a and "time/sync_check_s" in b:
+        out["time/sync_check_s"] = a["time/sync_check_s"] + b["time/sync_check_s"]
+    return out
 
 
 def behaviour_policy(cfg: RunConfig) -> Behaviour:

@@ -153,8 +153,18 @@ def _an_engine_that_skips_its_update_is_caught(fleet: Fleet) -> None:
     engine0 = ray.get(fleet.rollouts[0].prompt_logprobs.remote(probe.sequences()))
     assert logprob_gap(learner, [engine0], probe.prompt_lens, probe.response_lens)[LOGPROB_DIFF_MAX] < 1e-4
     # The next batch: engine 1's half was sampled with version v + 1, the learner holds v + 2.
-    train, _, _ = _step(fleet, prompts, version=v + 3)
+    train, _, batch = _step(fleet, prompts, version=v + 3)
     assert train["rollout/logprob_diff_max"] > 1e-3, train
+    # The check that proves a push during the step after it (asynchronous rollouts): sent before the next
+    # update, the learner's part scores the weights it held before that update, and engine 1 is caught.
+    probe = batch.select(slice(0, SYNC_PROBE_ROWS))
+    before = _learner_logprobs(fleet, probe)
+    pending = fleet.start_sync_check(batch)
+    fleet.train(batch, grpo_objective(fleet.cfg))
+    mask = np.arange(probe.max_response_len)[None] < probe.response_lens[:, None]
+    assert np.abs(_learner_logprobs(fleet, probe) - before)[mask].max() > 1e-3  # the update changed the policy
+    np.testing.assert_array_equal(ray.get(pending.learners)[0], before)
+    assert fleet.sync_check_result(pending)["rollout/logprob_diff_max"] > 1e-3
 
 
 def test_broadcast_two_learners_two_engines_tied(ray_cluster, tied_model):

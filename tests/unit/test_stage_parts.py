@@ -11,7 +11,7 @@ from cluster.config import RunConfig
 from cluster.payloads import Rollouts, Scores
 from cluster.stages.common import sampling_spec
 from cluster.stages.evaluate import EvalResult, eval_result
-from cluster.stages.rl import RolloutSchedule, behaviour_policy
+from cluster.stages.rl import RolloutSchedule, behaviour_policy, worse_gap
 
 
 class CountingSampler:
@@ -61,6 +61,19 @@ def test_one_step_off_schedule_samples_the_next_batch_during_the_step():
 def test_behaviour_policy(grpo, expected):
     cfg = RunConfig.model_validate({"grpo": {"prompts_per_step": 4, "group_size": 4, **grpo}})
     assert behaviour_policy(cfg) == expected
+
+
+def test_two_sync_checks_report_the_larger_gap_and_both_times():
+    deferred = {"rollout/logprob_diff_max": 2e-6, "rollout/logprob_diff_mean": 1e-7, "time/sync_check_s": 0.01}
+    last = {"rollout/logprob_diff_max": 1e-6, "rollout/logprob_diff_mean": 3e-7, "time/sync_check_s": 0.08}
+    pushed = {"time/weight_sync_s": 0.07}
+    assert worse_gap(deferred, last | pushed) == {
+        "rollout/logprob_diff_max": 2e-6,
+        "rollout/logprob_diff_mean": 3e-7,
+        "time/sync_check_s": pytest.approx(0.09),
+        "time/weight_sync_s": 0.07,
+    }
+    assert worse_gap({}, pushed) == pushed and worse_gap(deferred, pushed) == deferred | pushed
 
 
 def test_sampling_specs_come_from_one_place():
