@@ -137,11 +137,9 @@ class RolloutConfig(Section):
     gpu_memory_utilization: float = Field(0.15, gt=0.0, le=0.95)
     """Share of GPU memory (on CPU: of RAM) vLLM reserves for weights and KV cache."""
     kv_cache_gb: float | None = Field(None, gt=0.0)
-    """KV cache of each engine in GiB (vLLM's ``kv_cache_memory_bytes``), in place of what
-    ``gpu_memory_utilization`` leaves after the weights. vLLM allocates and zeroes the whole cache when an
-    engine starts: on CPU the demo's 0.1 of RAM is 1.7 GiB per engine and about 1 s of each start, while its
-    256 completions of <= 56 tokens need under 0.1 GiB. Too small a cache only queues sequences (slower),
-    unless it cannot hold one sequence of ``max_model_len`` tokens (vLLM refuses to start)."""
+    """Each engine's KV cache in GiB (vLLM's ``kv_cache_memory_bytes``) instead of what ``gpu_memory_utilization``
+    leaves: vLLM zeroes it all at start (on CPU 0.1 of RAM is 1.7 GiB, ~1 s per engine; the demo needs < 0.1 GiB).
+    Too small only queues sequences, unless one ``max_model_len`` sequence does not fit (vLLM refuses to start)."""
     enforce_eager: bool = True
     """Skip CUDA-graph / compile warm-up; faster start, slower decoding on GPUs."""
     engine_in_actor: bool | None = None
@@ -330,8 +328,7 @@ class ClusterConfig(Section):
     rollouts every push is proven anyway, for free, by the next step's batch: the learner compares the
     engine's logprob of each sampled token with its own first forward (``rollout/logprob_diff_max``).
     Asynchronous rollouts (sampled with older weights) and ``rollout.top_p`` < 1 (nucleus-renormalised engine
-    logprobs) probe every push during the step after it (the learner before its update, the engines beside their
-    sampling: off the step's critical path), and the last push at once."""
+    logprobs) probe every push during the step after it, off its critical path, and the last push at once."""
     weight_sync: Literal["auto", "gloo", "nccl", "ipc"] = "auto"
     """Weight broadcast backend: ``auto`` picks nccl when learners and engines have GPUs of their own, ipc
     (CUDA IPC handles) when they share GPUs (``placement: colocated``), else gloo."""

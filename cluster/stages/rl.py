@@ -192,7 +192,8 @@ def free_sync_check(cfg: RunConfig) -> bool:
 
 
 def worse_gap(a: dict[str, float], b: dict[str, float]) -> dict[str, float]:
-    """Two sync checks' metrics as one: the larger engine-vs-learner gaps, the seconds of both."""
+    """Two sync checks' metrics (or any metrics carrying them) as one: the larger engine-vs-learner gaps, the
+    seconds of both."""
     out = a | b
     for key in (LOGPROB_DIFF_MAX, LOGPROB_DIFF_MEAN):
         if key in a and key in b:
@@ -302,18 +303,13 @@ def step_metrics(
         **{f"response_length/{k}": v for k, v in by_outcome.items() if v is not None},
         "response/long_share": float(thinks(rollouts.texts).mean()),
         "data/prompts_sampled": sampled.prompts_sampled,
-        **train,
-        **sync,
+        **worse_gap(train, sync),  # the step's batch proved the push before it, a probe the push after it
         "time/rollout_s": rollouts.gen_seconds,
         "time/reward_s": scores.seconds,
         **({"time/reference_s": sampled.reference_seconds} if sampled.ref_logprobs is not None else {}),
         "time/train_s": train_s,
         "throughput/tokens_per_s": float(lengths.sum()) / max(rollouts.gen_seconds, 1e-9),
     }
-    # The step's batch proved the push before it, a probe the push after it: report the worse of the two.
-    for key in (LOGPROB_DIFF_MAX, LOGPROB_DIFF_MEAN):
-        if key in train and key in sync:
-            row[key] = max(train[key], sync[key])
     row["time/step_s"] = time.perf_counter() - started
     return row
 
