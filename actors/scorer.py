@@ -35,13 +35,25 @@ class Scorer:
         workers: int = 1,
         only: dict[str, list[str]] | None = None,
     ) -> None:
+        self.configure(weights, timeout_s, think_opened=think_opened, only=only)
+        self.executor = DeadlineExecutor(max_workers=workers, startup_in_deadline=False)
+        # A cold spawn inside a Ray actor takes seconds; start the worker before the first deadline.
+        self.executor.warm_up(workers)
+
+    def configure(
+        self,
+        weights: dict[str, float],
+        timeout_s: float = 5.0,
+        *,
+        think_opened: bool = False,
+        only: dict[str, list[str]] | None = None,
+    ) -> None:
+        """Score with these rewards from the next call on (the worker processes stay: they are handed the rewards
+        with each chunk)."""
         self.weights = {**weights, "format": weights.get("format", 0.0)}
         self.think_opened = think_opened
         self.reward = WeightedReward(self.weights, think_opened=think_opened, only=only)
         self.timeout_s = timeout_s
-        self.executor = DeadlineExecutor(max_workers=workers, startup_in_deadline=False)
-        # A cold spawn inside a Ray actor takes seconds; start the worker before the first deadline.
-        self.executor.warm_up(workers)
 
     def score(self, completions: list[str], answers: list[str], info: list[RowInfo] | None = None) -> Scores:
         """``info``: each completion's target language and task (default: English, no task)."""

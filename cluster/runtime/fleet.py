@@ -9,7 +9,6 @@ new weights to every engine and runs the sync check (``runtime/weight_sync.py``)
 from __future__ import annotations
 
 import hashlib
-import os
 import time
 from dataclasses import replace
 
@@ -24,7 +23,14 @@ from cluster.config import RunConfig
 from cluster.errors import LearnerLost, RunAborted
 from cluster.payloads import LearnerSpec, Rollouts, SamplingSpec, Scores, TrainBatch
 from cluster.runtime.faults import FAULTS
-from cluster.runtime.placement import SCORER_CPUS, Placement, actor_options, create_placement
+from cluster.runtime.placement import (
+    SCORER_CPUS,
+    Placement,
+    actor_env,
+    actor_options,
+    create_placement,
+    rollout_env,
+)
 from cluster.runtime.weight_sync import PendingCheck, WeightSync, weight_sync_backend
 from rewards.registry import RowInfo
 from rewards.tags import judged_span
@@ -37,33 +43,6 @@ def _free_address() -> tuple[str, int]:
     with socket.socket() as sock:
         sock.bind(("", 0))
         return ray.util.get_node_ip_address(), sock.getsockname()[1]
-
-
-def actor_env() -> dict[str, str]:
-    """Environment of every rollout and learner actor: their output reaches the driver's console,
-    which should show one line per step, not library progress bars and deprecation notices."""
-    return {
-        # vLLM logs every request and weight reload at INFO.
-        "VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "ERROR"),
-        "HF_HUB_DISABLE_PROGRESS_BARS": os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS", "1"),
-        "PYTHONWARNINGS": os.environ.get("PYTHONWARNINGS", "ignore::FutureWarning"),
-    }
-
-
-def rollout_env(cfg: RunConfig) -> dict[str, str]:
-    """Environment of a rollout actor's process."""
-    env = actor_env()
-    in_actor = cfg.rollout.engine_in_actor
-    if in_actor is None:
-        in_actor = cfg.rollout.gpus_per_worker == 0
-    if weight_sync_backend(cfg) == "ipc":
-        # CUDA IPC handles reach vLLM's workers through its RPC serialisation, which pickles them only when allowed.
-        env["VLLM_ALLOW_INSECURE_SERIALIZATION"] = "1"
-    if in_actor:
-        env["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
-        # The model runs in this process: one thread per CPU the actor reserved (at least one).
-        env["OMP_NUM_THREADS"] = str(max(1, int(cfg.rollout.cpus_per_worker)))
-    return env
 
 
 def _split(n: int, parts: int) -> list[slice]:
@@ -135,6 +114,8 @@ class Fleet:
         self.reference = None
         """The reference actor (``learner.reference: actor``), or None where the learner ranks hold the reference."""
         self.reward_models: dict[str, object] = {}
+        self.servers: dict[str, tuple[object, object]] = {}
+        """Every reward-model server started, in use or set aside (``use_rewards``): name -> (spec, actor)."""
         self.weights: WeightSync | None = None
         self.placement: Placement = create_placement(cfg, rollouts=rollouts, learners=learners, prefix=prefix)
         try:
@@ -153,6 +134,7 @@ class Fleet:
         self.scorers = [self._scorer(i) for i in range(cfg.reward.num_scorers if scoring else 0)]
         models = cfg.reward.models.items() if scoring else ()
         self.reward_models = {name: self._reward_model(name, spec) for name, spec in models}
+        self.servers = {name: (spec, self.reward_models[name]) for name, spec in models}
         apart = reference and learners and cfg.learner.reference == "actor"
         if apart:
             self.reference = self._reference()
@@ -186,6 +168,31 @@ class Fleet:
         return RewardScorer.options(name=f"{self.prefix}reward-{index}", num_cpus=SCORER_CPUS).remote(
             cfg.reward.rule_weights, cfg.reward.timeout_s, think_opened=cfg.data.think_opened, only=cfg.reward.only
         )
+
+    def use_rewards(self, cfg: RunConfig) -> None:
+        """Score with ``cfg``'s reward section from the next call on: for a fleet without learners whose engines
+        serve one stage after another (a pipeline's warm fleet, ``runtime/warm_fleet.py``), where the stages
+        differ in their rewards only. The scorers take the new rules in place (fewer or more of them as it asks);
+        a reward-model server stays while its spec is unchanged, is set aside (idle, still reserved) when a
+        section does not name it, and serves again when a later one does."""
+        if self.learners:
+            raise RuntimeError("use_rewards is for a fleet without learners")
+        self.cfg, r = cfg, cfg.reward
+        for scorer in self.scorers[r.num_scorers :]:
+            ray.kill(scorer)
+        self.scorers = self.scorers[: r.num_scorers]
+        rules = (r.rule_weights, r.timeout_s)
+        ray.get([s.configure.remote(*rules, think_opened=cfg.data.think_opened, only=r.only) for s in self.scorers])
+        self.scorers += [_retry_name(lambda i=i: self._scorer(i)) for i in range(len(self.scorers), r.num_scorers)]
+        for name, (spec, actor) in list(self.servers.items()):
+            if name in r.models and r.models[name] != spec:
+                ray.kill(actor)
+                del self.servers[name]
+        new = {n: _retry_name(lambda n=n: self._reward_model(n, r.models[n])) for n in r.models.keys() - self.servers}
+        ray.get([actor.ready.remote() for actor in new.values()])
+        self.servers |= {name: (r.models[name], actor) for name, actor in new.items()}
+        self.reward_models = {name: self.servers[name][1] for name in r.models}
+        self.faults.record(self._named())
 
     def _count_restart(self, role: str, name: str, err: Exception) -> None:
         self.restarts[role] += 1
@@ -461,12 +468,13 @@ class Fleet:
 
     def shutdown(self) -> None:
         reference = [self.reference] if self.reference is not None else []
-        for actor in [*self.rollouts, *self.scorers, *self.learners, *self.reward_models.values(), *reference]:
+        servers = [actor for _, actor in self.servers.values()]
+        for actor in [*self.rollouts, *self.scorers, *self.learners, *servers, *reference]:
             ray.kill(actor)
         self.placement.remove()
         # A fleet started next (a restart, the next stage) reuses the names: wait until they are released.
         deadline = time.monotonic() + 30
-        for name in [*self._named(), *(f"{self.prefix}rm-{n}" for n in self.reward_models)]:
+        for name in [*self._named(), *(f"{self.prefix}rm-{n}" for n in self.servers)]:
             while time.monotonic() < deadline:
                 try:
                     ray.get_actor(name)

@@ -6,11 +6,13 @@ rollout engines in another, spread (they are independent). An engine with tensor
 one bundle of k GPUs (a bundle never spans nodes) and vLLM starts its k workers itself.
 ``colocated``: one group whose bundle i holds learner rank i and engine i, sharing its GPU (each actor
 asks for half of it). Custom resources in the config (``rollout: 1``, ``learner: 1``) let the autoscaler
-launch the right node type. The same code runs on one laptop and on a GPU cluster.
+launch the right node type. The same code runs on one laptop and on a GPU cluster. ``actor_env`` and
+``rollout_env``: the environment each actor's process starts with.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import ray
@@ -18,6 +20,7 @@ from ray.util.placement_group import PlacementGroup, placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from cluster.config import RunConfig
+from cluster.runtime.weight_sync import weight_sync_backend
 
 LEARNER_STRATEGY = "PACK"
 ROLLOUT_STRATEGY = "SPREAD"
@@ -143,3 +146,30 @@ def _wait(cfg: RunConfig, placement: Placement, timeout_s: float) -> Placement:
             f"{' and '.join(needs)}; available: {ray.available_resources()}"
         )
     return placement
+
+
+def actor_env() -> dict[str, str]:
+    """Environment of every rollout and learner actor: their output reaches the driver's console,
+    which should show one line per step, not library progress bars and deprecation notices."""
+    return {
+        # vLLM logs every request and weight reload at INFO.
+        "VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "ERROR"),
+        "HF_HUB_DISABLE_PROGRESS_BARS": os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS", "1"),
+        "PYTHONWARNINGS": os.environ.get("PYTHONWARNINGS", "ignore::FutureWarning"),
+    }
+
+
+def rollout_env(cfg: RunConfig) -> dict[str, str]:
+    """Environment of a rollout actor's process."""
+    env = actor_env()
+    in_actor = cfg.rollout.engine_in_actor
+    if in_actor is None:
+        in_actor = cfg.rollout.gpus_per_worker == 0
+    if weight_sync_backend(cfg) == "ipc":
+        # CUDA IPC handles reach vLLM's workers through its RPC serialisation, which pickles them only when allowed.
+        env["VLLM_ALLOW_INSECURE_SERIALIZATION"] = "1"
+    if in_actor:
+        env["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+        # The model runs in this process: one thread per CPU the actor reserved (at least one).
+        env["OMP_NUM_THREADS"] = str(max(1, int(cfg.rollout.cpus_per_worker)))
+    return env

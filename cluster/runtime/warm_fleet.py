@@ -1,13 +1,16 @@
-"""A warm evaluation fleet: one set of engines, scorers and reward-model servers kept across evaluations.
+"""A warm fleet: one set of engines, scorers and reward-model servers kept across a pipeline's stages.
 
-A pipeline evaluates the base and then every ``sft`` / ``rl`` stage on the same held-out problems with
-the same rewards. Each evaluation of a small model takes a few seconds; starting its fleet (a vLLM
-engine, the scorers, the reward-model servers) takes longer than that (about 20 s each here). A
-``WarmFleet`` starts that fleet once and, for each later model, reloads the engines' weights in place
-from the checkpoint (vLLM's ``reload_weights``) and drops their prefix caches.
+A pipeline evaluates the base and then every ``sft`` / ``rl`` stage on the same held-out problems, and its
+``sample`` and ``eval`` stages generate and score without training. Each of these takes a few seconds on a
+small model; starting its fleet (the vLLM engines, the scorers, the reward-model servers) takes longer than
+that (about 12-20 s each here, minutes on GPUs). A ``WarmFleet`` starts that fleet once and, for each later
+model, reloads the engines' weights in place from the checkpoint (vLLM's ``reload_weights``) and drops their
+prefix caches; where the next user's rewards differ, the scorers take the new rules in place and the
+reward-model servers are swapped (``Fleet.use_rewards``).
 
-It reuses the fleet only when nothing the fleet was built from differs: the config sections the fleet
-reads (``fleet_key``) and the checkpoint's files an engine reads besides the weights (the architecture's
+It keeps the engines only when nothing they were built from differs: the config the engines read
+(``fleet_key``: the rollout section but its sampling settings, which each call carries, the model
+section, the cluster) and the checkpoint's files an engine reads besides the weights (the architecture's
 ``config.json``, the tokenizer files, the generation config). Anything else, a smaller student for
 instance, shuts the fleet down and starts another. Its actors and placement groups carry the prefix
 ``eval-``, so they live beside a stage's own fleet (``rollout-0``, ``rm-helpful``, ...), and the pipeline
@@ -52,15 +55,18 @@ def model_files_digest(model_path: str | Path) -> str:
     return h.hexdigest()
 
 
+SAMPLING_KEYS = ("temperature", "top_p", "stop")
+"""Rollout settings every generate call carries (``SamplingSpec``): not what an engine is built from."""
+
+
 def fleet_key(cfg: RunConfig, model_path: str | Path) -> str:
-    """What a fleet without learners is built from: equal keys, interchangeable fleets (given the weights)."""
+    """What the engines of a fleet without learners are built from: equal keys, interchangeable engines (given
+    the weights). The rewards are not in it: a kept fleet takes another reward section in place."""
     tree = cfg.model_dump(mode="json")
     parts = {
-        "rollout": tree["rollout"],
-        "reward": tree["reward"],
+        "rollout": {k: v for k, v in tree["rollout"].items() if k not in SAMPLING_KEYS},
         "cluster": tree["cluster"],
         "model": {k: v for k, v in tree["model"].items() if k != "path"},
-        "think_opened": cfg.data.think_opened,
         "learner_gpus": cfg.learner.gpus_per_rank,  # it picks the engines' weight-transfer backend
         "files": model_files_digest(model_path),
     }
@@ -86,11 +92,11 @@ class WarmFleet:
             try:
                 seconds = self.fleet.load_model(model_path)
             except Exception as err:  # a dead engine, a checkpoint it cannot take: a new fleet will do
-                print(f"eval: the warm fleet could not load {model_path} ({type(err).__name__}); starting a new one")
+                print(f"the warm fleet could not load {model_path} ({type(err).__name__}); starting a new one")
             else:
-                self.fleet.cfg = cfg
+                self.fleet.use_rewards(cfg)
                 self.reloads += 1
-                print(f"eval: {model_path} loaded into the warm fleet in {seconds:.2f} s", flush=True)
+                print(f"{model_path} loaded into the warm fleet in {seconds:.2f} s", flush=True)
                 return self.fleet
         self.close()
         self.fleet = Fleet(cfg, model_path, model_path, learners=False, prefix=PREFIX)

@@ -44,6 +44,8 @@ PRODUCES = {"sft": "model", "rl": "model", "rm": "reward model", "sample": "data
 """What each kind of stage produces, for checking references."""
 DATA_FIELD = {"sft": "sft.train", "rl": "data.train", "sample": "data.train", "eval": "eval.data", "rm": "rm.train"}
 """Where ``data: {from: <stage>}`` goes, per kind of the stage that says it."""
+WARM_KINDS = ("sample", "eval")
+"""Stages that take their engines from the pipeline's warm fleet (``runtime/warm_fleet.py``) where it keeps one."""
 PIPELINE_KEYS = {"name", "output_dir", "stages", "evaluate"}
 STAGE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
 
@@ -280,20 +282,22 @@ def run_pipeline(pipeline: Pipeline) -> dict:
     pipeline.root.mkdir(parents=True, exist_ok=True)
     outputs: dict[str, str] = {}
     report: list[dict] = []
-    # One local cluster for every stage, as large as the largest stage needs (and the warm evaluation fleet).
+    # One local cluster for every stage, as large as the largest stage needs (and the warm fleet).
     planned = pipeline.placeholders()
     cpus = max(required_cpus(pipeline.config(s, planned)) for s in pipeline.stages)
     first_model = pipeline.first_model_stage()
     warm = None
+    # The warm fleet's users: every evaluation of the evaluate block, the sample and eval stages.
+    users = [pipeline.config(s, planned) for s in pipeline.stages if s.kind in WARM_KINDS]
     if pipeline.evaluate and first_model is not None:
         base = str(pipeline.shared.get("model", {}).get("path"))
-        evals = [pipeline.eval_config(None, planned, base)]
-        evals += [pipeline.eval_config(s, planned, planned[s.name]) for s in pipeline.stages if s.kind in MODEL_KINDS]
-        # Kept by default only where it holds no GPU: an idle evaluation engine would keep it from the stages.
-        gpus = any(c.rollout.gpus_per_worker or any(m.gpus for m in c.reward.models.values()) for c in evals)
-        if pipeline.evaluate.get("keep_engines", not gpus):
-            warm = WarmFleet()
-            cpus += max(required_cpus(c, learners=False) for c in evals)
+        users.append(pipeline.eval_config(None, planned, base))
+        users += [pipeline.eval_config(s, planned, planned[s.name]) for s in pipeline.stages if s.kind in MODEL_KINDS]
+    # Kept by default only where it holds no GPU: an idle engine would keep it from the training stages.
+    gpus = any(c.rollout.gpus_per_worker or any(m.gpus for m in c.reward.models.values()) for c in users)
+    if users and (pipeline.evaluate or {}).get("keep_engines", not gpus):
+        warm = WarmFleet()
+        cpus += max(required_cpus(c, learners=False) for c in users)
     # Started here, before the base evaluation (which would otherwise start it at its own size).
     cluster_cfg = pipeline.config(pipeline.stages[0], planned).model_copy(deep=True)
     if cluster_cfg.cluster.num_cpus is None:
@@ -305,7 +309,7 @@ def run_pipeline(pipeline: Pipeline) -> dict:
         return run_evaluation(cfg, pipeline.evaluate, cfg.run_dir / "eval", warm)
 
     try:
-        result = _run_stages(pipeline, outputs, report, first_model, evaluate)
+        result = _run_stages(pipeline, outputs, report, first_model, evaluate, warm)
     finally:
         if warm is not None:
             warm.close()
@@ -319,7 +323,7 @@ def run_pipeline(pipeline: Pipeline) -> dict:
     return result
 
 
-def _run_stages(pipeline: Pipeline, outputs: dict, report: list, first_model, evaluate) -> dict:
+def _run_stages(pipeline: Pipeline, outputs: dict, report: list, first_model, evaluate, warm) -> dict:
     from cluster.stages import checkpoint
     from cluster.stages.common import write_json
     from cluster.stages.pipeline_eval import MODEL_KINDS
@@ -350,7 +354,7 @@ def _run_stages(pipeline: Pipeline, outputs: dict, report: list, first_model, ev
                 raise Stopped(f"stopped before stage {stage.folder} (SIGTERM)", str(pipeline.root))
             _mark_started(pipeline, stage.folder, _digest(cfg))
             began = time.perf_counter()
-            summary = run_stage(stage.kind, cfg, resume=interrupted)
+            summary = run_stage(stage.kind, cfg, resume=interrupted, warm=warm if stage.kind in WARM_KINDS else None)
             output = summary[OUTPUT[stage.kind]] if stage.kind != "eval" else str(folder / "report.json")
             done = {
                 "name": stage.name,

@@ -9,9 +9,9 @@ whatever it trained with), plus four keys naming what the figures mean:
   ``reward_model_score``;
 - ``harmless``: the rule whose failures on all samples make ``harmful_rate``.
 
-and one saying how: ``keep_engines`` keeps one evaluation fleet running from one evaluation to the
-next and loads each model into it (``runtime/warm_fleet.py``); false starts a fleet for each
-evaluation. The default is true where the evaluation reserves no GPU, false where it does (a kept fleet
+and one saying how: ``keep_engines`` keeps one fleet running from one evaluation to the next (and for
+the ``sample`` and ``eval`` stages) and loads each model into it (``runtime/warm_fleet.py``); false starts a
+fleet for each. The default is true where the fleet reserves no GPU, false where it does (a kept fleet
 would hold its GPUs while the stages run).
 
 The base model (the shared ``model.path``) is evaluated once, before the first ``sft`` / ``rl`` stage;

@@ -9,18 +9,19 @@ from cluster.config import RunConfig
 STAGE_KINDS = ("sft", "rl", "sample", "eval", "rm")
 
 
-def run_stage(kind: str, cfg: RunConfig, *, resume: bool = False, out: str | Path | None = None) -> dict:
+def run_stage(kind: str, cfg: RunConfig, *, resume: bool = False, out: str | Path | None = None, warm=None) -> dict:
     """Run stage ``kind`` on ``cfg``; returns its summary (also written to ``<run_dir>/summary.json``). A stop
-    requested during the stage's last work does not abandon what follows it."""
+    requested during the stage's last work does not abandon what follows it. ``warm``: a pipeline's
+    ``runtime.warm_fleet.WarmFleet``, which ``sample`` and ``eval`` take their engines from and leave running."""
     from cluster.stages.stopping import STOP
 
     try:
-        return _run(kind, cfg, resume, out)
+        return _run(kind, cfg, resume, out, warm)
     finally:
         STOP.done()
 
 
-def _run(kind: str, cfg: RunConfig, resume: bool, out: str | Path | None) -> dict:
+def _run(kind: str, cfg: RunConfig, resume: bool, out: str | Path | None, warm) -> dict:
     if kind == "rl":
         from cluster.stages.rl import train
 
@@ -32,11 +33,11 @@ def _run(kind: str, cfg: RunConfig, resume: bool, out: str | Path | None) -> dic
     if kind == "sample":
         from cluster.stages.sample import run_sample
 
-        return run_sample(cfg, resume=resume)
+        return run_sample(cfg, resume=resume, warm=warm)
     if kind == "eval":
         from cluster.stages.benchmark import run_eval
 
-        return run_eval(cfg, Path(out) if out else None)
+        return run_eval(cfg, Path(out) if out else None, warm)
     if kind == "rm":
         from cluster.stages.rm import run_rm
 

@@ -142,7 +142,9 @@ def _pairs(cfg: RunConfig, ex: Example, language: str, rollouts: Rollouts, score
     ]
 
 
-def run_sample(cfg: RunConfig, resume: bool = False) -> dict:
+def run_sample(cfg: RunConfig, resume: bool = False, warm=None) -> dict:
+    """``warm``: a ``runtime.warm_fleet.WarmFleet`` to take the fleet from (and leave running), else the stage
+    starts its own and shuts it down."""
     from cluster.runtime.fleet import Fleet
     from cluster.runtime.ray_cluster import start_ray
 
@@ -173,7 +175,8 @@ def run_sample(cfg: RunConfig, resume: bool = False) -> dict:
     start_ray(cfg)
     STOP.install(cfg.cluster.stop_grace_s)
     began = time.perf_counter()
-    fleet = Fleet(cfg, start.base_model, start.base_model, learners=False)
+    model = start.base_model
+    fleet = warm.get(cfg, model) if warm is not None else Fleet(cfg, model, model, learners=False)
     try:
         for c, first in track(list(enumerate(range(0, len(examples), CHUNK_PROMPTS))), "sample", unit="chunks"):
             done = chunks / f"chunk-{c:05d}.json"
@@ -191,7 +194,8 @@ def run_sample(cfg: RunConfig, resume: bool = False) -> dict:
                 STOP.done()
                 raise Stopped(f"stopped after {total} of {len(examples)} prompts (SIGTERM)", str(cfg.run_dir))
     finally:
-        fleet.shutdown()
+        if warm is None:
+            fleet.shutdown()
     rows, counts = [], {}
     for path in sorted(chunks.glob("chunk-*.json")):
         chunk = json.loads(path.read_text())

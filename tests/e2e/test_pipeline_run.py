@@ -137,7 +137,10 @@ def test_rl_stage_ran_all_steps_one_step_off_policy(pipeline_run):
 
 
 def test_sample_stage_writes_rows_with_provenance_and_yield(pipeline_run):
-    root, _, _ = pipeline_run
+    root, _, second = pipeline_run
+    # the sample and eval stages take the engines the RL model's evaluation left running (the warm fleet) ...
+    for stage in ("4-rejection_sampling (sample)", "5-final (eval)"):
+        assert "loaded into the warm fleet" in second.split(stage)[1].split("=== pipeline")[0], stage
     rows = [json.loads(line) for line in (root / "4-rejection_sampling" / "data.jsonl").read_text().splitlines()]
     yields = json.loads((root / "4-rejection_sampling" / "yield.json").read_text())
     assert yields["sampled"] == 64 and yields["kept"] == len(rows) and yields["prompts"] == 16
@@ -145,7 +148,8 @@ def test_sample_stage_writes_rows_with_provenance_and_yield(pipeline_run):
     rl_model = json.loads((root / "3-all_scenario_rl" / "stage.json").read_text())["output"]
     for row in rows:
         # (a 40-step base may stop at once: with the correctness and format filters off, an empty response is kept)
-        assert row["prompt"] and isinstance(row["response"], str) and set(row["rewards"]) >= {"exact", "format"}
+        # ... and score with the stage's own rewards, not the evaluation's (reward model, language, harmless)
+        assert row["prompt"] and isinstance(row["response"], str) and set(row["rewards"]) == {"exact", "format"}
         assert row["source"]["model"] == rl_model and row["source"]["stage"] == "4-rejection_sampling"
         assert row["source"]["sampling"]["samples"] == 4
     per_prompt = {}

@@ -133,6 +133,40 @@ def test_a_reward_config_combines_rules_and_the_model_by_task_and_span(trained):
         fleet.shutdown()
 
 
+def test_a_kept_fleet_swaps_its_rewards_and_keeps_an_idle_reward_model(trained):
+    """Fleet.use_rewards (a pipeline's warm fleet between stages that score differently): the scorers take the new
+    rules in place, a reward model the new section does not name is set aside, and the same server serves again
+    when a later section names it."""
+    from cluster.runtime.fleet import Fleet
+    from rewards.registry import RowInfo
+
+    summary, held_out = trained
+    model = f"reward.models={{pref: {{path: {summary['model']}, span: answer}}}}"
+    with_model = load_config(None, ["name=swap", "reward.weights={exact: 1.0, pref: 0.5}", model])
+    rules = load_config(None, ["name=swap", "reward.weights={exact: 1.0, language: 0.5}", "reward.num_scorers=2"])
+    texts = [f"<think>1+1=2</think>{r['chosen']}" for r in held_out]
+    answers = [str(eval(r["prompt"].rstrip("="))) for r in held_out]  # noqa: S307 - digits and '+' only
+    info = [RowInfo(task="general", prompt=r["prompt"]) for r in held_out]
+    fleet = Fleet(with_model, "", "", rollouts=False, learners=False)
+    try:
+        first = fleet.score(texts, answers, info)
+        server = fleet.reward_models["pref"]
+        fleet.use_rewards(rules)
+        swapped = fleet.score(texts, answers, info)
+        assert set(swapped.components) == {"exact", "format", "language"} and len(fleet.scorers) == 2
+        np.testing.assert_allclose(swapped.total, swapped.components["exact"] + 0.5 * swapped.components["language"])
+        assert fleet.reward_models == {} and ray.get(server.ready.remote())  # idle, still up
+        fleet.use_rewards(with_model)
+        assert fleet.reward_models["pref"]._actor_id == server._actor_id and len(fleet.scorers) == 1
+        again = fleet.score(texts, answers, info)
+        assert set(again.components) == {"exact", "format", "pref"}
+        np.testing.assert_array_equal(again.total, first.total)
+    finally:
+        fleet.shutdown()
+    with pytest.raises(ValueError):
+        ray.get_actor("rm-pref")  # the idle server is shut down with the fleet
+
+
 def test_a_likelihood_reward_model_trains_serves_and_stays_a_language_model(ray_cluster, tmp_path):
     """``rm.score: likelihood``: Bradley-Terry training moves the language model's own likelihoods; the checkpoint
     is a causal LM that says how it scores, and the server scores as the stage measured."""

@@ -18,7 +18,7 @@ from cluster.stages.benchmark import run_eval
 pytestmark = pytest.mark.ray
 
 
-def _cfg(out, model) -> RunConfig:
+def _cfg(out, model, **tree) -> RunConfig:
     return RunConfig.model_validate(
         {
             "name": "warm",
@@ -27,6 +27,7 @@ def _cfg(out, model) -> RunConfig:
             "data": {"eval_size": 16},
             "eval": {"samples": 3},
         }
+        | tree
     )
 
 
@@ -40,10 +41,13 @@ def test_a_model_loaded_into_a_warm_fleet_samples_what_a_fresh_fleet_of_it_sampl
     run_eval(_cfg(tmp_path, tied_model), tmp_path / "fresh")  # a fleet of its own, shut down after
     warm = WarmFleet()
     try:
-        run_eval(_cfg(tmp_path, other), tmp_path / "other-eval", warm)
+        # other rewards and sampling settings (a sample stage's, say): the same engines, the scorers reconfigured
+        swapped = {"reward": {"weights": {"exact": 1.0, "language": 0.5}, "num_scorers": 2}, "rollout": {"top_p": 0.9}}
+        run_eval(_cfg(tmp_path, other, **swapped), tmp_path / "other-eval", warm)
+        assert len(warm.fleet.scorers) == 2
         engine = ray.get_actor(f"{PREFIX}rollout-0")  # beside a stage's fleet, named rollout-0
         run_eval(_cfg(tmp_path, tied_model), tmp_path / "warm", warm)
-        assert (warm.starts, warm.reloads) == (1, 1)
+        assert (warm.starts, warm.reloads) == (1, 1) and len(warm.fleet.scorers) == 1
         assert ray.get_actor(f"{PREFIX}rollout-0")._actor_id == engine._actor_id  # the same engine, not a new one
         ray.kill(engine)  # a warm engine that died: the next evaluation gets a new fleet
         run_eval(_cfg(tmp_path, tied_model), tmp_path / "restarted", warm)
@@ -55,5 +59,8 @@ def test_a_model_loaded_into_a_warm_fleet_samples_what_a_fresh_fleet_of_it_sampl
     fresh = _samples(tmp_path / "fresh")
     assert _samples(tmp_path / "warm") == fresh == _samples(tmp_path / "restarted")
     assert _samples(tmp_path / "other-eval") != fresh  # the other model's: the reload did change the weights
-    figures = [json.loads((tmp_path / d / "report.json").read_text()) for d in ("fresh", "warm")]
+    figures = [json.loads((tmp_path / d / "report.json").read_text()) for d in ("fresh", "warm", "other-eval")]
     assert figures[0]["pass@1"] == figures[1]["pass@1"] and figures[0]["length_mean"] == figures[1]["length_mean"]
+    # each scored by its own reward section: the swapped one's language rule, then the default rules again
+    assert set(figures[2]["components"]) == {"exact", "format", "language"}
+    assert set(figures[1]["components"]) == set(figures[0]["components"]) == {"exact", "format"}

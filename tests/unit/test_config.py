@@ -154,7 +154,7 @@ def test_a_fresh_run_moves_an_old_one_aside(tmp_path):
     ],
 )
 def test_rollout_engine_placement(overrides, in_actor):
-    from cluster.runtime.fleet import rollout_env
+    from cluster.runtime.placement import rollout_env
 
     env = rollout_env(load_config(None, ["rollout.cpus_per_worker=2", *overrides]))
     assert (env.get("VLLM_ENABLE_V1_MULTIPROCESSING") == "0") is in_actor

@@ -1,6 +1,7 @@
-"""When a pipeline's warm evaluation fleet may take a model in place (``cluster/runtime/warm_fleet.py``): equal
-keys for checkpoints of one architecture and tokenizer under equal fleet configs, different keys for anything
-an engine, a scorer or a reward-model server is built from."""
+"""When a pipeline's warm fleet may take a model in place (``cluster/runtime/warm_fleet.py``): equal keys for
+checkpoints of one architecture and tokenizer under equal engine configs, different keys for anything an engine
+is built from; the rewards and the sampling settings each call carries are not in the key (the kept fleet takes
+another reward section in place: ``tests/ray/test_reward_model.py``, ``tests/ray/test_warm_fleet.py``)."""
 
 import json
 import shutil
@@ -58,14 +59,26 @@ def test_another_architecture_tokenizer_or_generation_config_changes_the_key(mod
         {"rollout": {"gpu_memory_utilization": 0.2}},
         {"rollout": {"seed": 7}},
         {"model": {"max_response_len": 40}},
-        {"reward": {"weights": {"exact": 1.0, "format": 0.2}}},
+        {"rollout": {"num_workers": 2}},
         {"cluster": {"placement": "colocated"}},
-        {"data": {"template": "r1zero"}},  # opens <think> in the prompt: the scorers judge the format differently
     ],
 )
-def test_what_the_fleet_is_built_from_changes_the_key(models, tree):
+def test_what_the_engines_are_built_from_changes_the_key(models, tree):
     _, a, _, _ = models
     assert fleet_key(_cfg(a, **tree), a) != fleet_key(_cfg(a), a)
+
+
+@pytest.mark.parametrize(
+    "tree",
+    [
+        {"reward": {"weights": {"exact": 1.0, "format": 0.2}, "num_scorers": 2}},
+        {"data": {"template": "r1zero"}},  # opens <think> in the prompt: only the scorers judge it differently
+        {"rollout": {"temperature": 0.6, "top_p": 0.9, "stop": ["</think>"]}},  # carried by each generate call
+    ],
+)
+def test_rewards_and_sampling_settings_leave_the_key(models, tree):
+    _, a, _, _ = models
+    assert fleet_key(_cfg(a, **tree), a) == fleet_key(_cfg(a), a)
 
 
 def test_keep_engines_must_be_a_boolean():
