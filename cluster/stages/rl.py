@@ -81,7 +81,11 @@ def _train(cfg: RunConfig, start, prompts: Prompts, restarts: dict[str, int]) ->
         began = time.perf_counter()
         position = rl_loop(fleet, prompts, cfg, log, evals, first_step=done + 1)
         if evals[-1].step != cfg.grpo.steps and not STOP.requested:  # stopping: checkpoint first, no eval
-            evals.append(evaluate(fleet, prompts, cfg, step=cfg.grpo.steps))
+            try:
+                evals.append(evaluate(fleet, prompts, cfg, step=cfg.grpo.steps))
+            except RunAborted:  # the last update is kept: a resume only evaluates it
+                save_checkpoint(fleet, cfg, cfg.grpo.steps, position, evals)
+                raise
         save_checkpoint(fleet, cfg, cfg.grpo.steps, position, evals)
         log.close()
         plots = plot_run(cfg.run_dir, evals)

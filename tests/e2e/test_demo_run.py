@@ -173,7 +173,11 @@ def test_resumed_run_matches_an_uninterrupted_one(run, straight):
 # rollout-0 dies as step 2's generate is sent and again between steps 2 and 3 (before the weight push), reward-0
 # as step 2's scoring is sent, reference-0 (this run keeps the reference model in an actor of its own) as step 2's
 # reference logprobs are asked for, learner-0 as step 3's update is: each call is lost and must be re-issued.
+# Those are the five restarts cluster.max_restarts allows; rollout-0 dies a third time as the final evaluation's
+# first generate is sent (generate calls: 2 of the first evaluation, steps 1-3, step 3 again after the learner's
+# restart, then the 7th), and the run stops there.
 FAULTS = "rollout-0@generate:4,rollout-0@sync:3,reward-0@score:4,reference-0@reference:2,learner-0@train:3"
+FAULTS += ",rollout-0@generate:7"
 
 
 @pytest.fixture(scope="module")
@@ -181,7 +185,7 @@ def faulty(runs):
     out = runs
     extra = ["--set", "grpo.steps=3", "--set", "cluster.max_restarts=5", "--set", "learner.reference=actor"]
     extra += ["--set", "learner.reference_cpus=2"]  # the threads of the straight run's learner: the same sums
-    proc = _train(out, *extra, name="faulty", faults=FAULTS)
+    proc = _train(out, *extra, name="faulty", faults=FAULTS, rc=1)
     return out / "faulty", proc
 
 
@@ -206,19 +210,11 @@ def test_the_run_survives_dead_actors_and_takes_the_same_steps(faulty, straight)
         assert a["loss"] == pytest.approx(b["loss"], abs=1e-6), a["step"]
 
 
-def test_past_max_restarts_the_run_stops_with_one_line(runs):
-    proc = _train(
-        runs,
-        "--set",
-        "grpo.steps=3",
-        "--set",
-        "cluster.max_restarts=0",
-        "--set",
-        "rollout.num_workers=1",  # one engine to start: the run only has to die
-        faults="rollout-0@generate:3",
-        rc=1,
-        name="abort",
-    )
+def test_past_max_restarts_the_run_stops_with_one_line_and_keeps_its_steps(faulty):
+    """The sixth death is one more than cluster.max_restarts: the run stops with one line, no traceback, and
+    keeps its last update (the final evaluation it died in is what a resume would do)."""
+    run_dir, proc = faulty
     assert "r1ray: error: rollout-0 died" in proc.stderr + proc.stdout
-    assert "cluster.max_restarts (0) reached" in proc.stdout + proc.stderr
+    assert "cluster.max_restarts (5) reached" in proc.stdout + proc.stderr
     assert "Traceback" not in proc.stderr
+    assert (run_dir / "checkpoints" / "step-3" / "model.safetensors").is_file()
