@@ -216,5 +216,6 @@ def test_past_max_restarts_the_run_stops_with_one_line_and_keeps_its_steps(fault
     run_dir, proc = faulty
     assert "r1ray: error: rollout-0 died" in proc.stderr + proc.stdout
     assert "cluster.max_restarts (5) reached" in proc.stdout + proc.stderr
+    assert f"the last checkpoint resumes with: r1ray train --resume {run_dir}" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert (run_dir / "checkpoints" / "step-3" / "model.safetensors").is_file()
