@@ -108,7 +108,7 @@ class Fleet:
         self.version = 0
         """The policy version the engines hold (the last one pushed)."""
         self.restarts = restarts if restarts is not None else {"rollout": 0, "scorer": 0, "learner": 0, "reference": 0}
-        """Actors re-created so far (shared with the stage: ``learner`` counts restarts of a whole fleet)."""
+        """Actors re-created so far (shared with the stage: ``learner`` counts restarts of the whole learner group)."""
         self.faults = FAULTS
         self.rollouts, self.scorers, self.learners = [], [], []
         self.reference = None
@@ -138,8 +138,9 @@ class Fleet:
         apart = reference and learners and cfg.learner.reference == "actor"
         if apart:
             self.reference = self._reference()
+        self.learner_args = (optimizer_steps, reference and not apart)
         if learners:
-            self.learners = self._learners(model_path, base_path, optimizer_steps, reference and not apart)
+            self.learners = self._learners(model_path, base_path, *self.learner_args)
         waits = [*self.rollouts, *self.reward_models.values(), *([self.reference] if apart else [])]
         ray.get([w.ready.remote() for w in waits])
         if rollouts and learners:
@@ -170,11 +171,9 @@ class Fleet:
         )
 
     def use_rewards(self, cfg: RunConfig) -> None:
-        """Score with ``cfg``'s reward section from the next call on: for a fleet without learners whose engines
-        serve one stage after another (a pipeline's warm fleet, ``runtime/warm_fleet.py``), where the stages
-        differ in their rewards only. The scorers take the new rules in place (fewer or more of them as it asks);
-        a reward-model server stays while its spec is unchanged, is set aside (idle, still reserved) when a
-        section does not name it, and serves again when a later one does."""
+        """Score with ``cfg``'s rewards from the next call on (a pipeline's warm fleet, ``runtime/warm_fleet.py``):
+        the scorers take the new rules in place (fewer or more of them as it asks); a reward-model server stays while
+        its spec is unchanged, idles (still reserved) while a section does not name it, and serves again later."""
         if self.learners:
             raise RuntimeError("use_rewards is for a fleet without learners")
         self.cfg, r = cfg, cfg.reward
@@ -236,6 +235,19 @@ class Fleet:
                     (self._restart_rollout if role == "rollout" else self._restart_scorer)(i, err)
                     refs[i] = send(actors[i], i)
         return [results[i] for i in indices]
+
+    def restart_learners(self, model_path: str) -> None:
+        """Re-create the learner ranks from ``model_path`` (the last checkpoint, or the base): a dead rank takes its
+        FSDP group with it. The engines, scorers, reward models and the reference actor stay; the new rank 0 forms
+        a new weight-transfer group with the engines (the caller loads the checkpoint's state and pushes)."""
+        for learner in self.learners:
+            ray.kill(learner)
+        self._wait_released([f"{self.prefix}learner-{i}" for i in range(len(self.learners))])
+        self.learners = self._learners(model_path, self.base_path, *self.learner_args)
+        if self.weights is not None:
+            self.weights.learners = self.learners
+            self.weights.connect(*self._rank0_address())
+        self.faults.record({f"{self.prefix}learner-{i}": a for i, a in enumerate(self.learners)})
 
     def check_rollouts(self) -> None:
         """Re-create any rollout engine that died between calls (before a weight push needs all of them)."""
@@ -472,9 +484,14 @@ class Fleet:
         for actor in [*self.rollouts, *self.scorers, *self.learners, *servers, *reference]:
             ray.kill(actor)
         self.placement.remove()
-        # A fleet started next (a restart, the next stage) reuses the names: wait until they are released.
-        deadline = time.monotonic() + 30
-        for name in [*self._named(), *(f"{self.prefix}rm-{n}" for n in self.servers)]:
+        # A fleet started next (the next stage) reuses the names: wait until they are released.
+        self._wait_released([*self._named(), *(f"{self.prefix}rm-{n}" for n in self.servers)])
+
+    @staticmethod
+    def _wait_released(names: list[str], timeout_s: float = 30.0) -> None:
+        """Wait (up to ``timeout_s`` in all) until no live actor holds any of ``names``."""
+        deadline = time.monotonic() + timeout_s
+        for name in names:
             while time.monotonic() < deadline:
                 try:
                     ray.get_actor(name)

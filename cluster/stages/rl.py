@@ -31,6 +31,7 @@ from cluster.stages.stopping import STOP
 
 
 def train(cfg: RunConfig, resume: bool = False) -> dict:
+    from cluster.runtime.fleet import Fleet
     from cluster.runtime.ray_cluster import start_ray
 
     start = open_run(cfg, resume)
@@ -38,62 +39,63 @@ def train(cfg: RunConfig, resume: bool = False) -> dict:
     start_ray(cfg)
     STOP.install(cfg.cluster.stop_grace_s)
     restarts = {"rollout": 0, "scorer": 0, "learner": 0, "reference": 0}
-    while True:
-        prompts.train.position = start.state["data_position"]
-        try:
-            return _train(cfg, start, prompts, restarts)
-        except LearnerLost as lost:
-            # An FSDP group cannot lose a rank: every actor is re-created from the last complete checkpoint,
-            # and the run goes on from there exactly as it would have (the engines are re-seeded per step).
-            restarts["learner"] += 1
-            last = checkpoint.latest(cfg.run_dir)
-            if sum(restarts.values()) > cfg.cluster.max_restarts:
-                raise RunAborted(f"{lost}; cluster.max_restarts ({cfg.cluster.max_restarts}) reached") from lost
-            state = checkpoint.load_driver_state(last) if last else {"step": 0, "data_position": 0, "evals": []}
-            where = f"the checkpoint of step {state['step']}" if last else "the start"
-            count = f"{sum(restarts.values())}/{cfg.cluster.max_restarts}"
-            print(f"fault: {lost}; restarting the run's actors from {where} ({count})", flush=True)
-            start = replace(start, last_checkpoint=last, state=state)
-
-
-def _train(cfg: RunConfig, start, prompts: Prompts, restarts: dict[str, int]) -> dict:
-    from cluster.runtime.fleet import Fleet
-
-    last, done = start.last_checkpoint, start.state["step"]
     objective = grpo_objective(cfg)
     steps = cfg.grpo.steps * objective.updates
-    model = str(last or start.base_model)
+    model = str(start.last_checkpoint or start.base_model)
     fleet = Fleet(
         cfg, model, start.base_model, optimizer_steps=steps, reference=objective.uses_reference, restarts=restarts
     )
     try:
-        if last:
-            fleet.load_checkpoint(str(last))
-            print(f"resumed from {last} at step {done}", flush=True)
-        # Engines and learner start from the same weights (the base or the checkpoint): prove it on held-out prompts.
-        gap = fleet.sync_weights(done, probe=prompts.probe_batch())
-        print(f"weights in sync: engine vs learner logprob gap {gap['rollout/logprob_diff_max']:.1e}", flush=True)
-        log = MetricsLogger.of_run(cfg, resume_step=done)
-        evals = [EvalResult.from_dict(e) for e in start.state["evals"]]
-        if not evals:
-            evals.append(evaluate(fleet, prompts, cfg, step=0))
-            print(f"eval before GRPO: {evals[-1].text()}", flush=True)
-        began = time.perf_counter()
-        position = rl_loop(fleet, prompts, cfg, log, evals, first_step=done + 1)
-        if evals[-1].step != cfg.grpo.steps and not STOP.requested:  # stopping: checkpoint first, no eval
+        while True:
+            prompts.train.position = start.state["data_position"]
             try:
-                evals.append(evaluate(fleet, prompts, cfg, step=cfg.grpo.steps))
-            except RunAborted:  # the last update is kept: a resume only evaluates it
-                save_checkpoint(fleet, cfg, cfg.grpo.steps, position, evals)
-                raise
-        save_checkpoint(fleet, cfg, cfg.grpo.steps, position, evals)
-        log.close()
-        plots = plot_run(cfg.run_dir, evals)
-        summary = write_summary(cfg, evals, cfg.grpo.steps, time.perf_counter() - began, plots, prompts.skipped)
+                summary = _train(cfg, start, prompts, fleet)
+                break
+            except LearnerLost as lost:
+                # An FSDP group cannot lose a rank: the learner ranks are re-created from the last complete
+                # checkpoint, and the run goes on from there exactly as it would have (the engines, which stay,
+                # are re-seeded per step and take the checkpoint's weights before the first one).
+                restarts["learner"] += 1
+                last = checkpoint.latest(cfg.run_dir)
+                if sum(restarts.values()) > cfg.cluster.max_restarts:
+                    raise RunAborted(f"{lost}; cluster.max_restarts ({cfg.cluster.max_restarts}) reached") from lost
+                state = checkpoint.load_driver_state(last) if last else {"step": 0, "data_position": 0, "evals": []}
+                where = f"the checkpoint of step {state['step']}" if last else "the start"
+                count = f"{sum(restarts.values())}/{cfg.cluster.max_restarts}"
+                print(f"fault: {lost}; restarting the learner ranks from {where} ({count})", flush=True)
+                fleet.restart_learners(str(last or start.base_model))
+                start = replace(start, last_checkpoint=last, state=state)
     finally:
         fleet.shutdown()
     print_table(cfg.run_dir, summary)
     return summary
+
+
+def _train(cfg: RunConfig, start, prompts: Prompts, fleet) -> dict:
+    last, done = start.last_checkpoint, start.state["step"]
+    if last:
+        fleet.load_checkpoint(str(last))
+        print(f"resumed from {last} at step {done}", flush=True)
+    # Engines and learner start from the same weights (the base or the checkpoint): prove it on held-out prompts.
+    gap = fleet.sync_weights(done, probe=prompts.probe_batch())
+    print(f"weights in sync: engine vs learner logprob gap {gap['rollout/logprob_diff_max']:.1e}", flush=True)
+    log = MetricsLogger.of_run(cfg, resume_step=done)
+    evals = [EvalResult.from_dict(e) for e in start.state["evals"]]
+    if not evals:
+        evals.append(evaluate(fleet, prompts, cfg, step=0))
+        print(f"eval before GRPO: {evals[-1].text()}", flush=True)
+    began = time.perf_counter()
+    position = rl_loop(fleet, prompts, cfg, log, evals, first_step=done + 1)
+    if evals[-1].step != cfg.grpo.steps and not STOP.requested:  # stopping: checkpoint first, no eval
+        try:
+            evals.append(evaluate(fleet, prompts, cfg, step=cfg.grpo.steps))
+        except RunAborted:  # the last update is kept: a resume only evaluates it
+            save_checkpoint(fleet, cfg, cfg.grpo.steps, position, evals)
+            raise
+    save_checkpoint(fleet, cfg, cfg.grpo.steps, position, evals)
+    log.close()
+    plots = plot_run(cfg.run_dir, evals)
+    return write_summary(cfg, evals, cfg.grpo.steps, time.perf_counter() - began, plots, prompts.skipped)
 
 
 def rl_loop(fleet, prompts: Prompts, cfg: RunConfig, log: MetricsLogger, evals: list, first_step: int) -> int:

@@ -197,7 +197,7 @@ def test_the_run_survives_dead_actors_and_takes_the_same_steps(faulty, straight)
     out = proc.stdout
     assert out.count("fault: rollout-0 died") == 2 and out.count("fault: reward-0 died") == 1
     assert out.count("fault: reference-0 died") == 1
-    assert "restarting the run's actors from the checkpoint of step 2" in out
+    assert "restarting the learner ranks from the checkpoint of step 2" in out
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3]
     assert (rows[-1]["faults/rollout_restarts"], rows[-1]["faults/scorer_restarts"]) == (2, 1)

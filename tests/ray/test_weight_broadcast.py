@@ -201,9 +201,35 @@ def test_broadcast_untied_model_engine_in_child_processes(ray_cluster, untied_mo
     )
 
 
-def test_colocated_engine_beside_its_rank(ray_cluster, tied_model):
+def _new_ranks_join_the_same_engines(checkpoint):
+    """A dead rank takes its group with it: ``restart_learners`` re-creates the ranks from the last checkpoint;
+    the engines stay, the new rank 0 forms a new transfer group with them, and its pushes reach them."""
+
+    def then(fleet: Fleet) -> None:
+        tok = build_tokenizer()
+        prompts = [np.array(tok.encode(f"{300 + 7 * i}+{100 + i}="), dtype=np.int32) for i in range(4)]
+        engines = [w._actor_id for w in fleet.rollouts]
+        fleet.save_checkpoint(str(checkpoint))
+        ray.kill(fleet.learners[0])
+        fleet.restart_learners(str(checkpoint))
+        fleet.load_checkpoint(str(checkpoint))
+        v = fleet.version
+        train, pushed, _ = _step(fleet, prompts, version=v + 1)
+        assert [w._actor_id for w in fleet.rollouts] == engines
+        # the engines sampled with the weights the checkpoint holds, which the new rank loaded ...
+        assert train["rollout/logprob_diff_max"] < 1e-4
+        # ... and the new rank's update reached them through the new group
+        assert pushed["rollout/logprob_diff_max"] < 1e-4
+        assert ray.get([w.get_policy_version.remote() for w in fleet.rollouts]) == [v + 1]
+
+    return then
+
+
+def test_colocated_engine_beside_its_rank(ray_cluster, tied_model, tmp_path):
     # cluster.placement colocated on CPU: one placement group whose bundle holds learner rank 0 and engine 0,
-    # the engine's sleep/wake calls around training (no-ops without vLLM sleep mode), the gloo transfer.
-    placement = _run_chain(tied_model, world_size=1, workers=1, engine_in_actor=True, placement="colocated")
+    # the engine's sleep/wake calls around training (no-ops without vLLM sleep mode), the gloo transfer. The
+    # same fleet then replaces its learner rank (in the same bundle) beside the running engine.
+    then = _new_ranks_join_the_same_engines(tmp_path / "step-1")
+    placement = _run_chain(tied_model, world_size=1, workers=1, engine_in_actor=True, placement="colocated", then=then)
     assert placement.rollout is placement.learner
     assert placement.learner.bundle_specs == [{"CPU": 2.0}]
