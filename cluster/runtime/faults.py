@@ -55,4 +55,4 @@ class FaultPlan:
 
 
 FAULTS = FaultPlan()
-"""The driver's one plan: its call counters run on across fleets (a learner restart builds a new fleet)."""
+"""The driver's one plan: its call counters run on across fleets (a pipeline's stages) and restarted actors."""

@@ -9,7 +9,6 @@ new weights to every engine and runs the sync check (``runtime/weight_sync.py``)
 from __future__ import annotations
 
 import hashlib
-import time
 from dataclasses import replace
 
 import numpy as np
@@ -23,6 +22,7 @@ from cluster.config import RunConfig
 from cluster.errors import LearnerLost, RunAborted
 from cluster.payloads import LearnerSpec, Rollouts, SamplingSpec, Scores, TrainBatch
 from cluster.runtime.faults import FAULTS
+from cluster.runtime.naming import free_address, retry_name, wait_released
 from cluster.runtime.placement import (
     SCORER_CPUS,
     Placement,
@@ -36,15 +36,6 @@ from rewards.registry import RowInfo
 from rewards.tags import judged_span
 
 
-@ray.remote(num_cpus=0)
-def _free_address() -> tuple[str, int]:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("", 0))
-        return ray.util.get_node_ip_address(), sock.getsockname()[1]
-
-
 def _split(n: int, parts: int) -> list[slice]:
     bounds = np.linspace(0, n, parts + 1).round().astype(int)
     return [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:], strict=True) if b > a]
@@ -54,18 +45,6 @@ def derive_seed(seed: int, worker: int, key: str) -> int:
     """A 63-bit seed for worker ``worker`` from the run's rollout seed and a call's key."""
     digest = hashlib.sha256(f"{seed}/{worker}/{key}".encode()).digest()
     return int.from_bytes(digest[:8], "little") >> 1
-
-
-def _retry_name(create, attempts: int = 50):
-    """Create a named actor, waiting for a dead one's name to be released."""
-    for attempt in range(attempts):
-        try:
-            return create()
-        except ValueError as err:  # "The name ... is already taken"
-            if "already" not in str(err) or attempt == attempts - 1:
-                raise
-            time.sleep(0.2)
-    raise AssertionError("unreachable")
 
 
 def add_model_rewards(cfg: RunConfig, scores: Scores, model_scores: dict[str, np.ndarray], info: list) -> Scores:
@@ -181,15 +160,19 @@ class Fleet:
             ray.kill(scorer)
         self.scorers = self.scorers[: r.num_scorers]
         rules = (r.rule_weights, r.timeout_s)
-        ray.get([s.configure.remote(*rules, think_opened=cfg.data.think_opened, only=r.only) for s in self.scorers])
-        self.scorers += [_retry_name(lambda i=i: self._scorer(i)) for i in range(len(self.scorers), r.num_scorers)]
+        for i, scorer in enumerate(self.scorers):
+            try:
+                ray.get(scorer.configure.remote(*rules, think_opened=cfg.data.think_opened, only=r.only))
+            except ray.exceptions.RayActorError as err:
+                self._restart_scorer(i, err)  # from self.cfg: the new rules
+        self.scorers += [retry_name(lambda i=i: self._scorer(i)) for i in range(len(self.scorers), r.num_scorers)]
         for name, (spec, actor) in list(self.servers.items()):
             if name in r.models and r.models[name] != spec:
                 ray.kill(actor)
                 del self.servers[name]
-        new = {n: _retry_name(lambda n=n: self._reward_model(n, r.models[n])) for n in r.models.keys() - self.servers}
+        new = {n: retry_name(lambda n=n: self._reward_model(n, r.models[n])) for n in r.models.keys() - self.servers}
+        self.servers |= {name: (r.models[name], actor) for name, actor in new.items()}  # shut down with the fleet
         ray.get([actor.ready.remote() for actor in new.values()])
-        self.servers |= {name: (r.models[name], actor) for name, actor in new.items()}
         self.reward_models = {name: self.servers[name][1] for name in r.models}
         self.faults.record(self._named())
 
@@ -206,7 +189,7 @@ class Fleet:
         engine (a collective group cannot lose a member) and push the current weights to all of them."""
         self._count_restart("rollout", f"{self.prefix}rollout-{index}", err)
         ray.kill(self.rollouts[index])
-        self.rollouts[index] = _retry_name(lambda: self._rollout(index, self.base_path))
+        self.rollouts[index] = retry_name(lambda: self._rollout(index, self.base_path))
         ray.get(self.rollouts[index].ready.remote())
         if self.weights is not None:
             self.weights.rollouts = self.rollouts
@@ -218,7 +201,7 @@ class Fleet:
         """Re-create scorer ``index``; its call (a chunk of completions) is then scored again."""
         self._count_restart("scorer", f"{self.prefix}reward-{index}", err)
         ray.kill(self.scorers[index])
-        self.scorers[index] = _retry_name(lambda: self._scorer(index))
+        self.scorers[index] = retry_name(lambda: self._scorer(index))
         self.faults.record({f"{self.prefix}reward-{index}": self.scorers[index]})
 
     def _supervised(self, role: str, actors: list, send, indices: list[int], point: str) -> list:
@@ -242,12 +225,21 @@ class Fleet:
         a new weight-transfer group with the engines (the caller loads the checkpoint's state and pushes)."""
         for learner in self.learners:
             ray.kill(learner)
-        self._wait_released([f"{self.prefix}learner-{i}" for i in range(len(self.learners))])
+        for i, engine in enumerate(self.rollouts):  # dead, or stuck in the dead rank's broadcast: a new one
+            try:
+                ray.get(engine.ready.remote(), timeout=30)
+            except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+                ray.kill(engine)
+                self.rollouts[i] = retry_name(lambda i=i: self._rollout(i, self.base_path))
+        ray.get([engine.ready.remote() for engine in self.rollouts])
         self.learners = self._learners(model_path, self.base_path, *self.learner_args)
-        if self.weights is not None:
-            self.weights.learners = self.learners
-            self.weights.connect(*self._rank0_address())
-        self.faults.record({f"{self.prefix}learner-{i}": a for i, a in enumerate(self.learners)})
+        try:
+            if self.weights is not None:
+                self.weights.learners, self.weights.rollouts = self.learners, self.rollouts
+                self.weights.connect(*self._rank0_address())
+            self.faults.record(self._named())
+        except ray.exceptions.RayActorError as err:
+            raise LearnerLost(f"a learner rank died while the ranks restarted ({type(err).__name__})") from err
 
     def check_rollouts(self) -> None:
         """Re-create any rollout engine that died between calls (before a weight push needs all of them)."""
@@ -262,7 +254,7 @@ class Fleet:
 
     def _rank0_address(self) -> tuple[str, int]:
         """A free port on learner rank 0's node: rendezvous of its process groups."""
-        return ray.get(_free_address.options(scheduling_strategy=self.placement.learner_slot(0)).remote())
+        return ray.get(free_address.options(scheduling_strategy=self.placement.learner_slot(0)).remote())
 
     def _rollout(self, index: int, model_path: str):
         cfg = self.cfg
@@ -337,11 +329,13 @@ class Fleet:
             for rank in range(cfg.learner.world_size)
         ]
         return [
-            PolicyLearner.options(
-                name=f"{self.prefix}learner-{spec.rank}",
-                **actor_options(cfg, self.placement, "learner", spec.rank),
-                runtime_env={"env_vars": actor_env()},
-            ).remote(spec)
+            retry_name(
+                lambda spec=spec: PolicyLearner.options(
+                    name=f"{self.prefix}learner-{spec.rank}",
+                    **actor_options(cfg, self.placement, "learner", spec.rank),
+                    runtime_env={"env_vars": actor_env()},
+                ).remote(spec)
+            )
             for spec in specs
         ]
 
@@ -416,7 +410,7 @@ class Fleet:
             except ray.exceptions.RayActorError as err:
                 self._count_restart("reference", f"{self.prefix}reference-0", err)
                 ray.kill(self.reference)
-                self.reference = _retry_name(self._reference)
+                self.reference = retry_name(self._reference)
                 self.faults.record({f"{self.prefix}reference-0": self.reference})
 
     def sync_weights(self, version: int, probe: TrainBatch, *, check: bool = True) -> dict[str, float]:
@@ -473,10 +467,10 @@ class Fleet:
         return max(seconds, default=0.0)
 
     def save_checkpoint(self, path: str) -> None:
-        ray.get([learner.save_checkpoint.remote(path) for learner in self.learners])
+        self._learner_results([learner.save_checkpoint.remote(path) for learner in self.learners])
 
     def load_checkpoint(self, path: str) -> None:
-        ray.get([learner.load_checkpoint.remote(path) for learner in self.learners])
+        self._learner_results([learner.load_checkpoint.remote(path) for learner in self.learners])
 
     def shutdown(self) -> None:
         reference = [self.reference] if self.reference is not None else []
@@ -485,16 +479,4 @@ class Fleet:
             ray.kill(actor)
         self.placement.remove()
         # A fleet started next (the next stage) reuses the names: wait until they are released.
-        self._wait_released([*self._named(), *(f"{self.prefix}rm-{n}" for n in self.servers)])
-
-    @staticmethod
-    def _wait_released(names: list[str], timeout_s: float = 30.0) -> None:
-        """Wait (up to ``timeout_s`` in all) until no live actor holds any of ``names``."""
-        deadline = time.monotonic() + timeout_s
-        for name in names:
-            while time.monotonic() < deadline:
-                try:
-                    ray.get_actor(name)
-                except ValueError:
-                    break
-                time.sleep(0.1)
+        wait_released([*self._named(), *(f"{self.prefix}rm-{n}" for n in self.servers)])

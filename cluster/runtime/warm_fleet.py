@@ -95,6 +95,7 @@ class WarmFleet:
                 print(f"the warm fleet could not load {model_path} ({type(err).__name__}); starting a new one")
             else:
                 self.fleet.use_rewards(cfg)
+                self.fleet.restarts = dict.fromkeys(self.fleet.restarts, 0)  # cluster.max_restarts is per user
                 self.reloads += 1
                 print(f"{model_path} loaded into the warm fleet in {seconds:.2f} s", flush=True)
                 return self.fleet

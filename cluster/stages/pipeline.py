@@ -297,7 +297,12 @@ def run_pipeline(pipeline: Pipeline) -> dict:
     gpus = any(c.rollout.gpus_per_worker or any(m.gpus for m in c.reward.models.values()) for c in users)
     if users and (pipeline.evaluate or {}).get("keep_engines", not gpus):
         warm = WarmFleet()
-        cpus += max(required_cpus(c, learners=False) for c in users)
+        # engines and scorers for the largest user, and every reward-model server any user names (kept idle)
+        servers: dict[str, float] = {}
+        for c in users:
+            servers |= {n: max(spec.cpus, servers.get(n, 0.0)) for n, spec in c.reward.models.items()}
+        own = [required_cpus(c, learners=False) - sum(m.cpus for m in c.reward.models.values()) for c in users]
+        cpus += max(own) + sum(servers.values())
     # Started here, before the base evaluation (which would otherwise start it at its own size).
     cluster_cfg = pipeline.config(pipeline.stages[0], planned).model_copy(deep=True)
     if cluster_cfg.cluster.num_cpus is None:

@@ -45,10 +45,13 @@ def train(cfg: RunConfig, resume: bool = False) -> dict:
     fleet = Fleet(
         cfg, model, start.base_model, optimizer_steps=steps, reference=objective.uses_reference, restarts=restarts
     )
+    restart_from = None
     try:
         while True:
             prompts.train.position = start.state["data_position"]
             try:
+                if restart_from is not None:
+                    fleet.restart_learners(restart_from)
                 summary = _train(cfg, start, prompts, fleet)
                 break
             except LearnerLost as lost:
@@ -63,7 +66,7 @@ def train(cfg: RunConfig, resume: bool = False) -> dict:
                 where = f"the checkpoint of step {state['step']}" if last else "the start"
                 count = f"{sum(restarts.values())}/{cfg.cluster.max_restarts}"
                 print(f"fault: {lost}; restarting the learner ranks from {where} ({count})", flush=True)
-                fleet.restart_learners(str(last or start.base_model))
+                restart_from = str(last or start.base_model)
                 start = replace(start, last_checkpoint=last, state=state)
     finally:
         fleet.shutdown()
@@ -80,20 +83,22 @@ def _train(cfg: RunConfig, start, prompts: Prompts, fleet) -> dict:
     gap = fleet.sync_weights(done, probe=prompts.probe_batch())
     print(f"weights in sync: engine vs learner logprob gap {gap['rollout/logprob_diff_max']:.1e}", flush=True)
     log = MetricsLogger.of_run(cfg, resume_step=done)
-    evals = [EvalResult.from_dict(e) for e in start.state["evals"]]
-    if not evals:
-        evals.append(evaluate(fleet, prompts, cfg, step=0))
-        print(f"eval before GRPO: {evals[-1].text()}", flush=True)
-    began = time.perf_counter()
-    position = rl_loop(fleet, prompts, cfg, log, evals, first_step=done + 1)
-    if evals[-1].step != cfg.grpo.steps and not STOP.requested:  # stopping: checkpoint first, no eval
-        try:
-            evals.append(evaluate(fleet, prompts, cfg, step=cfg.grpo.steps))
-        except RunAborted:  # the last update is kept: a resume only evaluates it
-            save_checkpoint(fleet, cfg, cfg.grpo.steps, position, evals)
-            raise
-    save_checkpoint(fleet, cfg, cfg.grpo.steps, position, evals)
-    log.close()
+    try:
+        evals = [EvalResult.from_dict(e) for e in start.state["evals"]]
+        if not evals:
+            evals.append(evaluate(fleet, prompts, cfg, step=0))
+            print(f"eval before GRPO: {evals[-1].text()}", flush=True)
+        began = time.perf_counter()
+        position = rl_loop(fleet, prompts, cfg, log, evals, first_step=done + 1)
+        if evals[-1].step != cfg.grpo.steps and not STOP.requested:  # stopping: checkpoint first, no eval
+            try:
+                evals.append(evaluate(fleet, prompts, cfg, step=cfg.grpo.steps))
+            except RunAborted:  # the last update is kept: a resume only evaluates it
+                save_checkpoint(fleet, cfg, cfg.grpo.steps, position, evals)
+                raise
+        save_checkpoint(fleet, cfg, cfg.grpo.steps, position, evals)
+    finally:
+        log.close()  # also when a learner restart opens the run's log again
     plots = plot_run(cfg.run_dir, evals)
     return write_summary(cfg, evals, cfg.grpo.steps, time.perf_counter() - began, plots, prompts.skipped)
 

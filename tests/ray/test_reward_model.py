@@ -161,6 +161,11 @@ def test_a_kept_fleet_swaps_its_rewards_and_keeps_an_idle_reward_model(trained):
         again = fleet.score(texts, answers, info)
         assert set(again.components) == {"exact", "format", "pref"}
         np.testing.assert_array_equal(again.total, first.total)
+        # the same name with another spec (it judges the whole response): a new server in the old one's place
+        response = model.replace("answer}", "response}")
+        fleet.use_rewards(load_config(None, ["name=swap", "reward.weights={exact: 1.0, pref: 0.5}", response]))
+        assert fleet.reward_models["pref"]._actor_id != server._actor_id
+        assert fleet.score(texts, answers, info).components["pref"].tolist() != again.components["pref"].tolist()
     finally:
         fleet.shutdown()
     with pytest.raises(ValueError):

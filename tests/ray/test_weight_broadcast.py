@@ -216,7 +216,7 @@ def _new_ranks_join_the_same_engines(checkpoint):
         v = fleet.version
         train, pushed, _ = _step(fleet, prompts, version=v + 1)
         assert [w._actor_id for w in fleet.rollouts] == engines
-        # the engines sampled with the weights the checkpoint holds, which the new rank loaded ...
+        # the new rank loaded the checkpoint (the weights the engines hold and sampled with) ...
         assert train["rollout/logprob_diff_max"] < 1e-4
         # ... and the new rank's update reached them through the new group
         assert pushed["rollout/logprob_diff_max"] < 1e-4
