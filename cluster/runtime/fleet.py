@@ -92,7 +92,6 @@ class Fleet:
         self.rollouts, self.scorers, self.learners = [], [], []
         self.reference = None
         """The reference actor (``learner.reference: actor``), or None where the learner ranks hold the reference."""
-        self.reward_models: dict[str, object] = {}
         self.servers: dict[str, tuple[object, object]] = {}
         """Every reward-model server started, in use or set aside (``use_rewards``): name -> (spec, actor)."""
         self.weights: WeightSync | None = None
@@ -112,8 +111,7 @@ class Fleet:
         scoring = rollouts or not learners  # a stage that samples, or one that only scores
         self.scorers = [self._scorer(i) for i in range(cfg.reward.num_scorers if scoring else 0)]
         models = cfg.reward.models.items() if scoring else ()
-        self.reward_models = {name: self._reward_model(name, spec) for name, spec in models}
-        self.servers = {name: (spec, self.reward_models[name]) for name, spec in models}
+        self.servers = {name: (spec, self._reward_model(name, spec)) for name, spec in models}
         apart = reference and learners and cfg.learner.reference == "actor"
         if apart:
             self.reference = self._reference()
@@ -173,8 +171,12 @@ class Fleet:
         new = {n: retry_name(lambda n=n: self._reward_model(n, r.models[n])) for n in r.models.keys() - self.servers}
         self.servers |= {name: (r.models[name], actor) for name, actor in new.items()}  # shut down with the fleet
         ray.get([actor.ready.remote() for actor in new.values()])
-        self.reward_models = {name: self.servers[name][1] for name in r.models}
         self.faults.record(self._named())
+
+    @property
+    def reward_models(self) -> dict[str, object]:
+        """The reward-model servers the reward section names (those set aside by ``use_rewards`` are not)."""
+        return {name: self.servers[name][1] for name in self.cfg.reward.models if name in self.servers}
 
     def _count_restart(self, role: str, name: str, err: Exception) -> None:
         self.restarts[role] += 1
