@@ -55,7 +55,9 @@ class RolloutEngine:
             seed=seed,
             max_model_len=max_model_len,
             gpu_memory_utilization=gpu_memory_utilization,
-            kv_cache_memory_bytes=None if kv_cache_gb is None else int(kv_cache_gb * 2**30),
+            kv_cache_memory_bytes=kv_cache_bytes(
+                model_path, kv_cache_gb, max_model_len, dtype, gpu_memory_utilization, trust_remote_code
+            ),
             tensor_parallel_size=tensor_parallel_size,
             **engine_parallel_args(tensor_parallel_size),
             enable_sleep_mode=sleep_mode,
@@ -200,6 +202,50 @@ class RolloutEngine:
 
     def ready(self) -> bool:
         return True
+
+
+CPU_MAX_NUM_SEQS = 256
+"""vLLM's default ``max_num_seqs`` of an ``LLM`` on CPU: the sequences an engine schedules at once."""
+CPU_BLOCK_TOKENS = 128
+
+
+def kv_cache_bytes(
+    model_path: str,
+    kv_cache_gb: float | None,
+    max_model_len: int,
+    dtype: str,
+    utilization: float,
+    trust_remote_code: bool = False,
+) -> int | None:
+    """The engine's KV cache (vLLM's ``kv_cache_memory_bytes``): ``kv_cache_gb`` where set. Otherwise, on CPU,
+    room for every sequence vLLM schedules at once at ``max_model_len`` tokens (whole blocks), up to
+    ``utilization`` of RAM: vLLM would take that whole share and zero it at start (3.6 GiB on 24 GiB, seconds
+    of an engine's start, for a demo that needs 0.1 GiB), and then also run a warm-up forward to size it. On
+    GPUs, and for models whose cache this cannot size (no plain attention config), None: vLLM's own sizing."""
+    if kv_cache_gb is not None:
+        return int(kv_cache_gb * 2**30)
+    import torch
+
+    if torch.cuda.is_available():
+        return None
+    try:
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(model_path, trust_remote_code=trust_remote_code)
+        config = getattr(config, "text_config", None) or config
+        heads = config.num_attention_heads
+        kv_heads = getattr(config, "num_key_value_heads", None) or heads
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+        layers = config.num_hidden_layers
+    except (OSError, ValueError, AttributeError, TypeError):
+        return None
+    if getattr(config, "kv_lora_rank", None):  # multi-head latent attention caches something else
+        return None
+    width = 4 if dtype == "float32" else 2
+    tokens = CPU_MAX_NUM_SEQS * -(-max_model_len // CPU_BLOCK_TOKENS) * CPU_BLOCK_TOKENS
+    wanted = 2 * layers * kv_heads * head_dim * width * tokens
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return int(min(wanted, utilization * total))
 
 
 def engine_parallel_args(tensor_parallel_size: int) -> dict[str, Any]:

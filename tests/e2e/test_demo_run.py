@@ -75,48 +75,62 @@ def _train(
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory) -> Path:
-    """One output folder for the module's runs, so the builtin base model is pre-trained once."""
-    return tmp_path_factory.mktemp("runs")
-
-
-@pytest.fixture(scope="module")
-def run(runs):
-    """A 3-step run SIGKILLed right after its step-2 checkpoint, then resumed with ``--resume``."""
-    out = runs
-    killed = _train(out, "--set", "grpo.steps=3", kill_after=2)
-    assert "checkpoint: " in killed.stdout and "step    2/3 |" in killed.stdout
-    return out / "e2e", _train(out, "--resume", str(out / "e2e"))
+def runs(runs_root) -> Path:
+    """The session's output folder for builtin-model runs: the base model is pre-trained once."""
+    return runs_root
 
 
 @pytest.fixture(scope="module")
 def straight(runs):
-    """The same 3 steps, uninterrupted."""
-    out = runs
-    _train(out, "--set", "grpo.steps=3", name="straight")
-    return out / "straight"
+    """3 steps, undisturbed: what the disturbed run below must equal, step for step."""
+    proc = _train(runs, "--set", "grpo.steps=3", name="straight")
+    return runs / "straight", proc
 
 
-def test_console_shows_dashboard_progress_and_table(run):
-    _, proc = run
+# The disturbed run, in two processes. The first keeps the reference model in an actor of its own and loses an
+# actor of every kind in step 2: rollout-0 as step 2's generate is sent (generate calls: 2 of the first
+# evaluation, then one a step), reward-0 as step 2's scoring is, reference-0 as step 2's reference logprobs
+# are asked for, learner-0 as step 2's update is (the learner ranks restart from the step-1 checkpoint and step
+# 2 runs again), and rollout-0 once more as the push after step 2 is sent (syncs: one as each run starts, one
+# after each step): each call is lost and must be re-issued, five restarts, as many as cluster.max_restarts
+# allows. The driver is SIGKILLed right after its step-2 checkpoint. The second process resumes it with
+# cluster.max_restarts 0; rollout-0 dies as the final evaluation's first generate is sent (the second of this
+# process, after step 3's), and the run stops there.
+FAULTS = "rollout-0@generate:4,reward-0@score:4,reference-0@reference:2,learner-0@train:2,rollout-0@sync:4"
+RESUME_FAULTS = "rollout-0@generate:2"
+
+
+@pytest.fixture(scope="module")
+def faulty(runs):
+    extra = ["--set", "grpo.steps=3", "--set", "cluster.max_restarts=5", "--set", "learner.reference=actor"]
+    extra += ["--set", "learner.reference_cpus=2"]  # the threads of the straight run's learner: the same sums
+    killed = _train(runs, *extra, name="faulty", faults=FAULTS, kill_after=2)
+    run_dir = runs / "faulty"
+    resumed = _train(runs, "--resume", str(run_dir), "--set", "cluster.max_restarts=0", faults=RESUME_FAULTS, rc=1)
+    return run_dir, killed, resumed
+
+
+def test_console_shows_dashboard_progress_and_table(straight):
+    _, proc = straight
     assert "Ray dashboard: http://127.0.0.1:" in proc.stdout
     assert "step    3/3 |" in proc.stdout
     assert "pass@1 (sampled)" in proc.stdout
 
 
-def test_metrics_every_step_with_proven_sync(run):
-    run_dir, _ = run
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in rows] == [1, 2, 3]  # each step once, though step 3 may have run twice
-    for row in rows:
-        assert set(REQUIRED) <= row.keys()
-        assert row["rollout/logprob_diff_max"] < 1e-3
-        # the engines sampled with the weights broadcast after the previous step
-        assert row["rollout/policy_version"] == row["step"] - 1
+def test_metrics_every_step_with_proven_sync(straight, faulty):
+    for run_dir in (straight[0], faulty[0]):
+        rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        # each step once, though in the disturbed run step 2 ran twice (the learner's restart) and step 3 may have
+        assert [r["step"] for r in rows] == [1, 2, 3], run_dir
+        for row in rows:
+            assert set(REQUIRED) <= row.keys()
+            assert row["rollout/logprob_diff_max"] < 1e-3
+            # the engines sampled with the weights broadcast after the previous step
+            assert row["rollout/policy_version"] == row["step"] - 1
 
 
-def test_summary_plots_tensorboard_config(run):
-    run_dir, _ = run
+def test_summary_plots_tensorboard_config(straight):
+    run_dir, _ = straight
     summary = json.loads((run_dir / "summary.json").read_text())
     for key in ("eval_before", "eval_after"):
         figures = {"accuracy", "greedy_accuracy", "format_rate", "response_length", "long_share", "pass_at_k"}
@@ -130,11 +144,11 @@ def test_summary_plots_tensorboard_config(run):
     assert "group_size: 8" in (run_dir / "config.yaml").read_text()
 
 
-def test_checkpoint_loads_in_transformers(run):
+def test_checkpoint_loads_in_transformers(straight):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    ckpt = run[0] / "checkpoints" / "step-3"
+    ckpt = straight[0] / "checkpoints" / "step-3"
     assert {"model.safetensors", "config.json", "generation_config.json", "trainer_state.pt", "driver_state.json"} <= {
         p.name for p in ckpt.iterdir()
     }
@@ -144,11 +158,24 @@ def test_checkpoint_loads_in_transformers(run):
         assert torch.isfinite(model(ids).logits).all()
 
 
-def test_resume_continues_from_the_last_checkpoint(run):
-    run_dir, proc = run
-    assert "resumed from" in proc.stdout and "at step 2" in proc.stdout
+def test_the_run_survives_dead_actors(faulty):
+    """Engines, scorers and the reference actor are re-created and their calls re-issued; a dead learner restarts
+    the learner ranks from the last checkpoint."""
+    run_dir, killed, _ = faulty
+    out = killed.stdout
+    assert out.count("fault: rollout-0 died") == 2 and out.count("fault: reward-0 died") == 1
+    assert out.count("fault: reference-0 died") == 1
+    assert "restarting the learner ranks from the checkpoint of step 1" in out
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert (rows[1]["faults/rollout_restarts"], rows[1]["faults/scorer_restarts"]) == (2, 1)
+    assert rows[1]["faults/learner_restarts"] == 1 and rows[1]["faults/reference_restarts"] == 1
+
+
+def test_resume_continues_from_the_last_checkpoint(faulty):
+    run_dir, _, resumed = faulty
+    assert "resumed from" in resumed.stdout and "at step 2" in resumed.stdout
     # the engines start from the checkpoint's weights: checked on held-out prompts before the first step
-    gap = float(proc.stdout.split("weights in sync: engine vs learner logprob gap ")[1].split()[0])
+    gap = float(resumed.stdout.split("weights in sync: engine vs learner logprob gap ")[1].split()[0])
     assert gap < 1e-3
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert rows[2]["rollout/logprob_diff_max"] < 1e-3
@@ -157,65 +184,26 @@ def test_resume_continues_from_the_last_checkpoint(run):
     assert driver_state["data_position"] == 3 * 8
 
 
-def test_resumed_run_matches_an_uninterrupted_one(run, straight):
-    """Engines re-seeded from the prompt stream's position: after a SIGKILL and a resume, step 3 samples the
-    same tokens and takes the same update as a run that was never interrupted."""
-    resumed = [json.loads(line) for line in (run[0] / "metrics.jsonl").read_text().splitlines()]
-    uninterrupted = [json.loads(line) for line in (straight / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in uninterrupted] == [1, 2, 3]
-    for a, b in zip(resumed, uninterrupted, strict=True):
+def test_the_disturbed_run_takes_the_same_steps_as_an_undisturbed_one(faulty, straight):
+    """Re-issued calls, a learner restarted from a checkpoint, a SIGKILLed driver resumed: engines re-seeded from
+    the prompt stream's position, every step samples the same tokens and takes the same update as the run that
+    was never disturbed, whose learner holds the reference itself (the reference actor's logprobs are the same)."""
+    disturbed = [json.loads(line) for line in (faulty[0] / "metrics.jsonl").read_text().splitlines()]
+    undisturbed = [json.loads(line) for line in (straight[0] / "metrics.jsonl").read_text().splitlines()]
+    for a, b in zip(disturbed, undisturbed, strict=True):
         for key in ("reward/mean", "response_length/mean", "response_length/max", "reward/format"):
             assert a[key] == b[key], (a["step"], key)
         assert a["loss"] == pytest.approx(b["loss"], abs=1e-6), a["step"]
         assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-5), a["step"]
 
 
-# rollout-0 dies as step 2's generate is sent and again between steps 2 and 3 (before the weight push), reward-0
-# as step 2's scoring is sent, reference-0 (this run keeps the reference model in an actor of its own) as step 2's
-# reference logprobs are asked for, learner-0 as step 3's update is: each call is lost and must be re-issued.
-# Those are the five restarts cluster.max_restarts allows; rollout-0 dies a third time as the final evaluation's
-# first generate is sent (generate calls: 2 of the first evaluation, steps 1-3, step 3 again after the learner's
-# restart, then the 7th), and the run stops there.
-FAULTS = "rollout-0@generate:4,rollout-0@sync:3,reward-0@score:4,reference-0@reference:2,learner-0@train:3"
-FAULTS += ",rollout-0@generate:7"
-
-
-@pytest.fixture(scope="module")
-def faulty(runs):
-    out = runs
-    extra = ["--set", "grpo.steps=3", "--set", "cluster.max_restarts=5", "--set", "learner.reference=actor"]
-    extra += ["--set", "learner.reference_cpus=2"]  # the threads of the straight run's learner: the same sums
-    proc = _train(out, *extra, name="faulty", faults=FAULTS, rc=1)
-    return out / "faulty", proc
-
-
-def test_the_run_survives_dead_actors_and_takes_the_same_steps(faulty, straight):
-    """Engines, scorers and the reference actor are re-created and their calls re-issued; a dead learner restarts
-    the actors from the last checkpoint. Every step is logged once, and (re-seeded engines) the run equals an
-    undisturbed one, whose learner holds the reference itself: the reference actor's logprobs are the same."""
-    run_dir, proc = faulty
-    out = proc.stdout
-    assert out.count("fault: rollout-0 died") == 2 and out.count("fault: reward-0 died") == 1
-    assert out.count("fault: reference-0 died") == 1
-    assert "restarting the learner ranks from the checkpoint of step 2" in out
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in rows] == [1, 2, 3]
-    assert (rows[-1]["faults/rollout_restarts"], rows[-1]["faults/scorer_restarts"]) == (2, 1)
-    assert rows[-1]["faults/learner_restarts"] == 1 and rows[-1]["faults/reference_restarts"] == 1
-    assert all(r["rollout/logprob_diff_max"] < 1e-3 for r in rows)  # the re-created engine got the weights
-    uninterrupted = [json.loads(line) for line in (straight / "metrics.jsonl").read_text().splitlines()]
-    for a, b in zip(rows, uninterrupted, strict=True):
-        for key in ("reward/mean", "response_length/mean", "response_length/max"):
-            assert a[key] == b[key], (a["step"], key)
-        assert a["loss"] == pytest.approx(b["loss"], abs=1e-6), a["step"]
-
-
 def test_past_max_restarts_the_run_stops_with_one_line_and_keeps_its_steps(faulty):
-    """The sixth death is one more than cluster.max_restarts: the run stops with one line, no traceback, and
-    keeps its last update (the final evaluation it died in is what a resume would do)."""
-    run_dir, proc = faulty
+    """A death past cluster.max_restarts (0 in the resumed process) stops the run with one line, no traceback,
+    and keeps its last update (the final evaluation it died in is what a resume would do)."""
+    run_dir, _, proc = faulty
     assert "r1ray: error: rollout-0 died" in proc.stderr + proc.stdout
-    assert "cluster.max_restarts (5) reached" in proc.stdout + proc.stderr
+    assert "cluster.max_restarts (0) reached" in proc.stdout + proc.stderr
     assert f"the last checkpoint resumes with: r1ray train --resume {run_dir}" in proc.stderr
     assert "Traceback" not in proc.stderr
+    # the step-3 update is written by the abort: the loop checkpoints no last step before the final evaluation
     assert (run_dir / "checkpoints" / "step-3" / "model.safetensors").is_file()

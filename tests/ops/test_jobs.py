@@ -1,9 +1,9 @@
 """`r1ray train` as a Ray job: submitted with the `ray` CLI, with `r1ray submit`, and stopped with `ray job stop`.
 
-One local head (dashboard on, 8 logical CPUs, auth disabled) serves both tests. The runs
-share one output_dir, so the builtin base model is pre-trained once (by the first job) and
-reused by the other; each run has its own name and so its own run directory. Jobs upload the
-repository as their working_dir, so the run directory is an absolute path outside it.
+One local head (dashboard on, 8 logical CPUs, auth disabled) serves both tests. The runs share the
+session's output_dir (tests/conftest.py), so the builtin base model is pre-trained once (by the first job,
+unless the demo e2e runs built it) and reused; each run has its own name and so its own run directory. Jobs
+upload the repository as their working_dir, so the run directory is an absolute path outside it.
 Run: `pytest tests/ops/test_jobs.py -v` (3-4 minutes on 2 busy CPU cores).
 """
 
@@ -61,8 +61,8 @@ def client(head) -> Iterator[JobSubmissionClient]:
 
 
 @pytest.fixture(scope="module")
-def output_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("runs")
+def output_dir(runs_root: Path) -> Path:
+    return runs_root  # the base model the demo e2e runs built, if they ran
 
 
 def smoke_overrides(output_dir: Path, name: str, *extra: str) -> list[str]:

@@ -15,14 +15,16 @@ from tests.ray.learner_ranks import random_batch, start_ranks
 pytestmark = pytest.mark.ray
 
 
-def _train(model_path, world: int, objective, out_dir) -> dict:
+def _train(model_path, world: int, objective, out_dir) -> tuple[dict, np.ndarray]:
+    """One update on ``random_batch()``, its checkpoint in ``out_dir``; the metrics and the trained ranks'
+    logprobs of the batch."""
     learner_cfg = LearnerConfig(world_size=world, lr=1e-3, micro_batch_size=2, grad_clip=1e9)
     ranks = start_ranks(model_path, learner_cfg, optimizer_steps=objective.updates, reference=objective.uses_reference)
     try:
         batch = ray.put(random_batch())
         metrics = ray.get([r.train_step.remote(batch, objective) for r in ranks])[0]
         ray.get([r.save_checkpoint.remote(str(out_dir)) for r in ranks])
-        return metrics
+        return metrics, ray.get([r.compute_logprobs.remote(batch, temperature=1.0) for r in ranks])[0]
     finally:
         for r in ranks:
             ray.kill(r)
@@ -38,8 +40,10 @@ def _train(model_path, world: int, objective, out_dir) -> dict:
     ids=["grpo-kl", "dapo-token-mean-2x2", "sft"],
 )
 def test_world_size_two_matches_one(ray_cluster, tied_model, tmp_path, objective):
-    one = _train(tied_model, 1, objective, tmp_path / "w1")
-    two = _train(tied_model, 2, objective, tmp_path / "w2")
+    """Two ranks take the step one rank takes; and what each checkpoint's Hugging Face export holds (what eval,
+    sampling and the next stage load) gives the trained ranks' own logprobs, not a stale or partial copy."""
+    one, one_logprobs = _train(tied_model, 1, objective, tmp_path / "w1")
+    two, two_logprobs = _train(tied_model, 2, objective, tmp_path / "w2")
     before = load_file(tied_model / "model.safetensors")
     w1, w2 = load_file(tmp_path / "w1" / "model.safetensors"), load_file(tmp_path / "w2" / "model.safetensors")
     assert w1.keys() == w2.keys()
@@ -52,6 +56,13 @@ def test_world_size_two_matches_one(ray_cluster, tied_model, tmp_path, objective
     assert one["grad_norm"] == pytest.approx(two["grad_norm"], rel=1e-4)
     if objective.mini_batches == 1:
         assert one["loss"] == pytest.approx(two["loss"], abs=1e-6)
+    batch = random_batch()
+    base = _plain_logprobs(tied_model, batch)
+    mask = np.arange(batch.max_response_len)[None] < batch.response_lens[:, None]
+    for folder, trained in (("w1", one_logprobs), ("w2", two_logprobs)):
+        exported = _plain_logprobs(tmp_path / folder, batch)
+        np.testing.assert_allclose(exported[mask], trained[mask], atol=1e-5, err_msg=folder)
+        assert np.abs(exported - base)[mask].max() > 1e-3, f"{folder}: the update did not change the policy"
 
 
 # ---------------------------------------------------------------- the gradient against an independent one
@@ -80,16 +91,13 @@ def _full_batch_gradient(model_path, batch: TrainBatch, objective) -> dict[str, 
     return {name: p.grad.numpy() for name, p in model.named_parameters()}
 
 
-def _learner_gradients(
-    model_path, world: int, micro: int, batch: TrainBatch, objectives, tokens: int | None = None
-) -> list[dict]:
-    ranks = start_ranks(model_path, LearnerConfig(world_size=world, micro_batch_size=micro, micro_batch_tokens=tokens))
-    try:
-        ref = ray.put(batch)
-        return [ray.get([r.gradients.remote(ref, objective) for r in ranks])[0] for objective in objectives]
-    finally:
-        for r in ranks:
-            ray.kill(r)
+def _micro_batching(micro: int, tokens: int | None):
+    """Runs inside a learner rank: its micro-batches from now on (read by every call)."""
+
+    def apply(learner) -> None:
+        learner.cfg = learner.cfg.model_copy(update={"micro_batch_size": micro, "micro_batch_tokens": tokens})
+
+    return apply
 
 
 OBJECTIVES = [
@@ -97,27 +105,37 @@ OBJECTIVES = [
     GRPOObjective(kl_coef=0.0, loss_agg="token-mean"),
     SFTObjective(),
 ]
+# (micro-batch rows, padded tokens per micro-batch) of each world size
+LAYOUTS = {1: [(8, None), (3, None), (1, None), (8, 30)], 2: [(2, None), (4, 24)]}
 
 
-@pytest.mark.parametrize(
-    ("world", "micro", "tokens"), [(1, 8, None), (1, 3, None), (1, 1, None), (2, 2, None), (1, 8, 30), (2, 4, 24)]
-)
-def test_gradient_equals_the_full_batch_gradient_in_every_layout(ray_cluster, tied_model, world, micro, tokens):
+@pytest.mark.parametrize("world", sorted(LAYOUTS))
+def test_gradient_equals_the_full_batch_gradient_in_every_layout(ray_cluster, tied_model, world):
     """Micro-batches of 8, 3 and 1 rows on one rank, 2 ranks with micro-batches of 2, and length-bucketed
     micro-batches (rows sorted by length, at most ``tokens`` padded tokens each) on 1 and 2 ranks, for GRPO's
     two weightings and SFT: the gradient is the full-batch gradient, so a scale error (a factor of the world
     size, of the micro-batch count, a token count taken per micro-batch) or a row matched to another row's
-    advantage shows up at once, unlike in the weights after one Adam step."""
+    advantage shows up at once, unlike in the weights after one Adam step. The same ranks take each layout in
+    turn (``gradients`` applies nothing)."""
     batch = random_batch(rows=8, seed=3)
-    got = _learner_gradients(tied_model, world, micro, batch, OBJECTIVES, tokens)
-    for objective, grads in zip(OBJECTIVES, got, strict=True):
-        want = _full_batch_gradient(tied_model, batch, objective)
-        scale = max(np.abs(g).max() for g in want.values())
-        assert grads.keys() == want.keys()
-        for name in want:
-            np.testing.assert_allclose(
-                grads[name], want[name], atol=1e-5 * scale, rtol=1e-4, err_msg=f"{objective}: {name}"
-            )
+    wanted = [_full_batch_gradient(tied_model, batch, objective) for objective in OBJECTIVES]
+    ranks = start_ranks(tied_model, LearnerConfig(world_size=world))
+    try:
+        ref = ray.put(batch)
+        for micro, tokens in LAYOUTS[world]:
+            ray.get([r.__ray_call__.remote(_micro_batching(micro, tokens)) for r in ranks])
+            for objective, want in zip(OBJECTIVES, wanted, strict=True):
+                grads = ray.get([r.gradients.remote(ref, objective) for r in ranks])[0]
+                scale = max(np.abs(g).max() for g in want.values())
+                assert grads.keys() == want.keys()
+                for name in want:
+                    np.testing.assert_allclose(
+                        grads[name], want[name], atol=1e-5 * scale, rtol=1e-4,
+                        err_msg=f"micro {micro} tokens {tokens} {objective}: {name}",
+                    )  # fmt: skip
+    finally:
+        for r in ranks:
+            ray.kill(r)
 
 
 # ---------------------------------------------------------------- memory-safe loading and sharded resume
@@ -137,23 +155,11 @@ def _plain_logprobs(model_path, batch: TrainBatch) -> np.ndarray:
     return table
 
 
-def test_length_bucketed_logprobs_come_back_in_batch_order(ray_cluster, tied_model):
-    """With ``micro_batch_tokens`` the rows run sorted by length in several micro-batches; the logprob table
-    (the reference's, the behaviour policy's) comes back row for row in the batch's order."""
-    ranks = start_ranks(tied_model, LearnerConfig(micro_batch_size=8, micro_batch_tokens=20))
-    try:
-        probe = random_batch(rows=12, seed=7)
-        got = ray.get(ranks[0].compute_logprobs.remote(probe, temperature=1.0))
-    finally:
-        for r in ranks:
-            ray.kill(r)
-    np.testing.assert_allclose(got, _plain_logprobs(tied_model, probe), atol=1e-5)
-
-
 def test_rank0_load_at_world_size_two_and_sharded_resume(ray_cluster, tied_model, tmp_path):
     """Two ranks build the model on the meta device and take rank 0's weights by broadcast: their logprobs are
-    the plain model's (buffers such as rotary frequencies included). A checkpoint's sharded trainer state (one
-    DCP shard per rank) resumes to exactly the step the uninterrupted ranks take next."""
+    the plain model's (buffers such as rotary frequencies included), in length-bucketed micro-batches too. A
+    checkpoint's sharded trainer state (one DCP shard per rank) resumes to exactly the step the uninterrupted
+    ranks take next."""
     cfg = LearnerConfig(world_size=2, lr=1e-3, micro_batch_size=2, grad_clip=1e9)
     objective = GRPOObjective(kl_coef=0.0, loss_agg="seq-mean-token-mean")
     first, second = ray.put(random_batch(seed=0)), ray.put(random_batch(seed=1))
@@ -163,6 +169,13 @@ def test_rank0_load_at_world_size_two_and_sharded_resume(ray_cluster, tied_model
         got = ray.get([r.compute_logprobs.remote(probe, temperature=1.0) for r in ranks])
         np.testing.assert_allclose(got[0], _plain_logprobs(tied_model, probe), atol=1e-5)
         np.testing.assert_array_equal(got[0], got[1])
+        # With ``micro_batch_tokens`` the rows run sorted by length in several micro-batches; the logprob table
+        # (the reference's, the behaviour policy's) comes back row for row in the batch's order.
+        ray.get([r.__ray_call__.remote(_micro_batching(8, 20)) for r in ranks])
+        rows = random_batch(rows=12, seed=7)
+        bucketed = ray.get([r.compute_logprobs.remote(rows, temperature=1.0) for r in ranks])[0]
+        np.testing.assert_allclose(bucketed, _plain_logprobs(tied_model, rows), atol=1e-5)
+        ray.get([r.__ray_call__.remote(_micro_batching(cfg.micro_batch_size, None)) for r in ranks])
         ray.get([r.train_step.remote(first, objective) for r in ranks])
         ray.get([r.save_checkpoint.remote(str(tmp_path / "ck")) for r in ranks])
         straight = ray.get([r.train_step.remote(second, objective) for r in ranks])[0]
@@ -185,35 +198,3 @@ def test_rank0_load_at_world_size_two_and_sharded_resume(ray_cluster, tied_model
     a, b = load_file(tmp_path / "straight" / "model.safetensors"), load_file(tmp_path / "resumed" / "model.safetensors")
     for key in a:
         torch.testing.assert_close(a[key], b[key], atol=0, rtol=0, msg=lambda m, key=key: f"{key}: {m}")
-
-
-@pytest.mark.parametrize("world", [1, 2])
-def test_checkpoint_export_is_the_trained_policy(ray_cluster, tied_model, tmp_path, world):
-    """What a checkpoint's Hugging Face export holds (what eval, sampling and the next stage load) gives the
-    trained learner's own logprobs, not a stale or partial copy."""
-    from transformers import AutoModelForCausalLM
-
-    from cluster.algo.logprobs import token_logprobs
-
-    ranks = start_ranks(tied_model, LearnerConfig(world_size=world, lr=1e-2, micro_batch_size=2, grad_clip=1e9))
-    batch = random_batch()
-    try:
-        ref = ray.put(batch)
-        for _ in range(2):
-            ray.get([r.train_step.remote(ref, SFTObjective()) for r in ranks])
-        ray.get([r.save_checkpoint.remote(str(tmp_path / "ck")) for r in ranks])
-        trained = ray.get([r.compute_logprobs.remote(batch, temperature=1.0) for r in ranks])[0]
-    finally:
-        for r in ranks:
-            ray.kill(r)
-    model = AutoModelForCausalLM.from_pretrained(tmp_path / "ck", dtype=torch.float32)
-    base = AutoModelForCausalLM.from_pretrained(tied_model, dtype=torch.float32)
-    moved = 0.0
-    for row, (ids, p, r) in enumerate(zip(batch.input_ids, batch.prompt_lens, batch.response_lens, strict=True)):
-        seq = torch.tensor(ids[: p + r])[None]
-        with torch.no_grad():
-            exported = token_logprobs(model(input_ids=seq).logits[:, p - 1 : p + r - 1], seq[:, p : p + r])[0]
-            before = token_logprobs(base(input_ids=seq).logits[:, p - 1 : p + r - 1], seq[:, p : p + r])[0]
-        np.testing.assert_allclose(exported.numpy(), trained[row, :r], atol=1e-5)
-        moved = max(moved, float((exported - before).abs().max()))
-    assert moved > 1e-2, "the two steps did not change the policy"

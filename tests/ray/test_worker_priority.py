@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from cluster.runtime.ray_cluster import WORKER_NICENESS_ENV, workers_at_driver_priority
+
 REPO = Path(__file__).resolve().parents[2]
 
 PROBE = """
@@ -47,6 +49,16 @@ def _actor_niceness(env_extra: dict[str, str]) -> int:
     return int(lines[0].split()[1])
 
 
-def test_actors_of_a_local_cluster_run_at_nice_0_unless_the_user_says_otherwise():
+def test_actors_of_a_local_cluster_run_at_nice_0():
     assert _actor_niceness({}) == 0
-    assert _actor_niceness({"RAY_worker_niceness": "7"}) == 7
+
+
+def test_a_niceness_the_user_set_is_kept(monkeypatch):
+    """Ray gives the workers what ``RAY_worker_niceness`` says (the real cluster above); r1ray sets it only
+    where the user did not."""
+    monkeypatch.setenv(WORKER_NICENESS_ENV, "7")
+    workers_at_driver_priority()
+    assert os.environ[WORKER_NICENESS_ENV] == "7"
+    monkeypatch.delenv(WORKER_NICENESS_ENV)
+    workers_at_driver_priority()
+    assert os.environ[WORKER_NICENESS_ENV] == "0"
