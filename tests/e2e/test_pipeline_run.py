@@ -25,7 +25,7 @@ pytestmark = pytest.mark.e2e
 REPO = Path(__file__).resolve().parents[2]
 TINY = WorldRecipe(
     eval_reasoning=12, eval_general=6, train_reasoning=200, train_general=60, cold_start=96, general_sft=32,
-    preference_pairs=96, steps=40, long_only_steps=30, student_steps=10, student_long_only=7, probe_problems=4,
+    preference_pairs=96, steps=20, long_only_steps=15, student_steps=4, student_long_only=3, probe_problems=4,
 )  # fmt: skip
 KEEP = ["preference_rm", "cold_start", "all_scenario_rl", "rejection_sampling"]
 FOLDERS = ("1-preference_rm", "2-cold_start", "3-all_scenario_rl", "4-rejection_sampling", "5-final")
@@ -56,7 +56,7 @@ def _pipeline(tmp: Path) -> Path:
     rl["grpo"] = {"steps": 4, "prompts_per_step": 8, "group_size": 4, "async_rollouts": True}
     sample = next(s for s in stages if s["kind"] == "sample")
     sample["model"] = {"from": "all_scenario_rl"}
-    # a 40-step base solves nothing: keep unfinished or wrong samples too, so the stage writes rows
+    # a 20-step base solves nothing: keep unfinished or wrong samples too, so the stage writes rows
     sample["sample"] |= {"prompts": 16, "samples": 4, "keep_per_prompt": 2, "require_correct": False}
     sample["sample"] |= {"min_language": None, "require_format": False, "mix_ratio": 0.0}
     stages.append({"name": "final", "kind": "eval", "model": {"from": "all_scenario_rl"}})
@@ -147,7 +147,7 @@ def test_sample_stage_writes_rows_with_provenance_and_yield(pipeline_run):
     assert yields["kept"] <= 2 * 16
     rl_model = json.loads((root / "3-all_scenario_rl" / "stage.json").read_text())["output"]
     for row in rows:
-        # (a 40-step base may stop at once: with the correctness and format filters off, an empty response is kept)
+        # (a 20-step base may stop at once: with the correctness and format filters off, an empty response is kept)
         # ... and score with the stage's own rewards, not the evaluation's (reward model, language, harmless)
         assert row["prompt"] and isinstance(row["response"], str) and set(row["rewards"]) == {"exact", "format"}
         assert row["source"]["model"] == rl_model and row["source"]["stage"] == "4-rejection_sampling"
