@@ -218,15 +218,16 @@ def kv_cache_bytes(
     trust_remote_code: bool = False,
 ) -> int | None:
     """The engine's KV cache (vLLM's ``kv_cache_memory_bytes``): ``kv_cache_gb`` where set. Otherwise, on CPU,
-    room for every sequence vLLM schedules at once at ``max_model_len`` tokens (whole blocks), up to
-    ``utilization`` of RAM: vLLM would take that whole share and zero it at start (3.6 GiB on 24 GiB, seconds
-    of an engine's start, for a demo that needs 0.1 GiB), and then also run a warm-up forward to size it. On
-    GPUs, and for models whose cache this cannot size (no plain attention config), None: vLLM's own sizing."""
+    room for every sequence vLLM schedules at once at ``max_model_len`` tokens (whole blocks), where that is
+    less than ``utilization`` of RAM: vLLM would take that whole share, weights included, and zero it at start
+    (3.6 GiB on 24 GiB, seconds of an engine's start, for a demo that needs 0.1 GiB), after a warm-up forward
+    to size it. None (vLLM's own sizing) on other platforms, where the run needs that much or more, and for
+    models whose cache this cannot size (no plain attention config)."""
     if kv_cache_gb is not None:
         return int(kv_cache_gb * 2**30)
-    import torch
+    from vllm.platforms import current_platform
 
-    if torch.cuda.is_available():
+    if not current_platform.is_cpu():
         return None
     try:
         from transformers import AutoConfig
@@ -245,7 +246,7 @@ def kv_cache_bytes(
     tokens = CPU_MAX_NUM_SEQS * -(-max_model_len // CPU_BLOCK_TOKENS) * CPU_BLOCK_TOKENS
     wanted = 2 * layers * kv_heads * head_dim * width * tokens
     total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    return int(min(wanted, utilization * total))
+    return wanted if wanted < utilization * total else None
 
 
 def engine_parallel_args(tensor_parallel_size: int) -> dict[str, Any]:

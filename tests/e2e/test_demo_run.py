@@ -105,6 +105,7 @@ def faulty(runs):
     extra = ["--set", "grpo.steps=3", "--set", "cluster.max_restarts=5", "--set", "learner.reference=actor"]
     extra += ["--set", "learner.reference_cpus=2"]  # the threads of the straight run's learner: the same sums
     killed = _train(runs, *extra, name="faulty", faults=FAULTS, kill_after=2)
+    assert "checkpoint: " in killed.stdout and "step    2/3 |" in killed.stdout  # killed after it, as planned
     run_dir = runs / "faulty"
     resumed = _train(runs, "--resume", str(run_dir), "--set", "cluster.max_restarts=0", faults=RESUME_FAULTS, rc=1)
     return run_dir, killed, resumed
@@ -120,7 +121,7 @@ def test_console_shows_dashboard_progress_and_table(straight):
 def test_metrics_every_step_with_proven_sync(straight, faulty):
     for run_dir in (straight[0], faulty[0]):
         rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-        # each step once, though in the disturbed run step 2 ran twice (the learner's restart) and step 3 may have
+        # each step once, though in the disturbed run step 2 ran twice (the learner's restart)
         assert [r["step"] for r in rows] == [1, 2, 3], run_dir
         for row in rows:
             assert set(REQUIRED) <= row.keys()

@@ -33,6 +33,9 @@ def test_each_panel_png_is_its_own_rectangle_of_the_whole_figure(tmp_path):
         h, w = panel.shape[:2]
         assert 250 < h < 770 and 400 < w < 1650, (name, panel.shape)
         assert panel.std() > 10, f"{name}.png is blank"
+        # the whole panel (title, tick labels, axis label, legend) with a margin: its edges are background
+        edges = np.concatenate([panel[0], panel[-1], panel[:, 0], panel[:, -1]])
+        assert (edges == 255).all(), f"{name}.png is cut inside its panel"
         corner = _find(whole, panel)
         assert corner is not None, f"{name}.png is not a rectangle of curves.png"
         corners.add(corner)
