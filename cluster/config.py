@@ -137,11 +137,10 @@ class RolloutConfig(Section):
     gpu_memory_utilization: float = Field(0.15, gt=0.0, le=0.95)
     """Share of GPU memory (on CPU: of RAM) vLLM reserves for weights and KV cache."""
     kv_cache_gb: float | None = Field(None, gt=0.0)
-    """Each engine's KV cache in GiB (vLLM's ``kv_cache_memory_bytes``) instead of what ``gpu_memory_utilization``
-    leaves. Unset on CPU: room for the 256 sequences vLLM schedules at once at ``max_model_len`` tokens, where
-    that is less than the ``gpu_memory_utilization`` share of RAM (vLLM zeroes its whole cache at start: 0.15 of
-    24 GiB took seconds per engine; the demo needs < 0.1 GiB). Too small only queues sequences, unless one
-    ``max_model_len`` sequence does not fit (vLLM refuses to start)."""
+    """Each engine's KV cache in GiB (vLLM's ``kv_cache_memory_bytes``). Unset: what ``gpu_memory_utilization``
+    leaves, but on CPU, where it is less, room for the 256 sequences vLLM schedules at once at ``max_model_len``
+    (vLLM zeroes its cache at start: 0.15 of 24 GiB took seconds per engine; the demo needs < 0.1 GiB). Too
+    small only queues sequences, unless one ``max_model_len`` sequence does not fit (vLLM refuses to start)."""
     enforce_eager: bool = True
     """Skip CUDA-graph / compile warm-up; faster start, slower decoding on GPUs."""
     engine_in_actor: bool | None = None
