@@ -1,5 +1,7 @@
 """FSDP2 over gloo: two learner ranks take exactly the step one rank takes on the same batch, for each objective."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import ray
@@ -15,54 +17,70 @@ from tests.ray.learner_ranks import random_batch, start_ranks
 pytestmark = pytest.mark.ray
 
 
-def _train(model_path, world: int, objective, out_dir) -> tuple[dict, np.ndarray]:
-    """One update on ``random_batch()``, its checkpoint in ``out_dir``; the metrics and the trained ranks'
-    logprobs of the batch."""
-    learner_cfg = LearnerConfig(world_size=world, lr=1e-3, micro_batch_size=2, grad_clip=1e9)
-    ranks = start_ranks(model_path, learner_cfg, optimizer_steps=objective.updates, reference=objective.uses_reference)
-    try:
-        batch = ray.put(random_batch())
-        metrics = ray.get([r.train_step.remote(batch, objective) for r in ranks])[0]
-        ray.get([r.save_checkpoint.remote(str(out_dir)) for r in ranks])
-        return metrics, ray.get([r.compute_logprobs.remote(batch, temperature=1.0) for r in ranks])[0]
-    finally:
+IN_TURN = {
+    "grpo-kl": GRPOObjective(kl_coef=0.05, loss_agg="seq-mean-token-mean"),
+    "dapo-token-mean-2x2": GRPOObjective(kl_coef=0.0, loss_agg="token-mean", epochs=2, mini_batches=2),
+    "sft": SFTObjective(),
+}
+
+
+@pytest.fixture(scope="module")
+def groups(ray_cluster, tied_model):
+    """A W = 1 and a W = 2 set of learner ranks (micro-batches of 2, the reference model loaded) that the module's
+    tests share; a test that re-configures them sets them back. They start from ``tied_model``."""
+    updates = sum(objective.updates for objective in IN_TURN.values())
+    cfg = {"lr": 1e-3, "micro_batch_size": 2, "grad_clip": 1e9}
+    out = {
+        world: start_ranks(tied_model, LearnerConfig(world_size=world, **cfg), optimizer_steps=updates, reference=True)
+        for world in (1, 2)
+    }
+    yield out
+    for ranks in out.values():
         for r in ranks:
             ray.kill(r)
 
 
-@pytest.mark.parametrize(
-    "objective",
-    [
-        GRPOObjective(kl_coef=0.05, loss_agg="seq-mean-token-mean"),
-        GRPOObjective(kl_coef=0.0, loss_agg="token-mean", epochs=2, mini_batches=2),
-        SFTObjective(),
-    ],
-    ids=["grpo-kl", "dapo-token-mean-2x2", "sft"],
-)
-def test_world_size_two_matches_one(ray_cluster, tied_model, tmp_path, objective):
-    """Two ranks take the step one rank takes; and what each checkpoint's Hugging Face export holds (what eval,
-    sampling and the next stage load) gives the trained ranks' own logprobs, not a stale or partial copy."""
-    one, one_logprobs = _train(tied_model, 1, objective, tmp_path / "w1")
-    two, two_logprobs = _train(tied_model, 2, objective, tmp_path / "w2")
-    before = load_file(tied_model / "model.safetensors")
-    w1, w2 = load_file(tmp_path / "w1" / "model.safetensors"), load_file(tmp_path / "w2" / "model.safetensors")
-    assert w1.keys() == w2.keys()
-    moved = max((w1[k] - before[k]).abs().max().item() for k in w1)
-    assert moved > 1e-4, "the update did not change the weights"
-    for key in w1:
-        # Adam's first step is lr * g / (|g| + eps): for the few weights whose gradient is near eps, float
-        # summation order (1 rank vs 2) moves the step by a few 1e-6 at lr 1e-3 (seen: 2 of 65k elements).
-        torch.testing.assert_close(w1[key], w2[key], atol=1e-5, rtol=1e-4, msg=lambda m, key=key: f"{key}: {m}")
-    assert one["grad_norm"] == pytest.approx(two["grad_norm"], rel=1e-4)
-    if objective.mini_batches == 1:
-        assert one["loss"] == pytest.approx(two["loss"], abs=1e-6)
+def _export(ranks, folder) -> Path:
+    ray.get([r.save_checkpoint.remote(str(folder)) for r in ranks])
+    return folder
+
+
+def test_world_size_two_matches_one_for_each_objective(groups, tmp_path):
+    """Two ranks take the update one rank takes, for each objective in turn (the same ranks: each objective
+    starts from the weights and Adam moments the one before left); and what each checkpoint's Hugging Face
+    export holds (what eval, sampling and the next stage load) gives the trained ranks' own logprobs, not a
+    stale or partial copy."""
+    # Both groups export where they start: a checkpoint of ranks that never stepped initialises Adam's state
+    # (torch's distributed state dict takes a step of zero gradients), so both take it or neither may.
+    start = [_export(ranks, tmp_path / f"start-w{world}") for world, ranks in groups.items()][0]
     batch = random_batch()
-    base = _plain_logprobs(tied_model, batch)
     mask = np.arange(batch.max_response_len)[None] < batch.response_lens[:, None]
-    for folder, trained in (("w1", one_logprobs), ("w2", two_logprobs)):
-        exported = _plain_logprobs(tmp_path / folder, batch)
-        np.testing.assert_allclose(exported[mask], trained[mask], atol=1e-5, err_msg=folder)
-        assert np.abs(exported - base)[mask].max() > 1e-3, f"{folder}: the update did not change the policy"
+    before, policy = load_file(start / "model.safetensors"), _plain_logprobs(start, batch)
+    ref = ray.put(batch)
+    for name, objective in IN_TURN.items():
+        metrics, logprobs = {}, {}
+        for world, ranks in groups.items():
+            metrics[world] = ray.get([r.train_step.remote(ref, objective) for r in ranks])[0]
+            _export(ranks, tmp_path / name / f"w{world}")
+            logprobs[world] = ray.get([r.compute_logprobs.remote(ref, temperature=1.0) for r in ranks])[0]
+        w1, w2 = (load_file(tmp_path / name / f"w{world}" / "model.safetensors") for world in (1, 2))
+        assert w1.keys() == w2.keys()
+        moved = max((w1[k] - before[k]).abs().max().item() for k in w1)
+        assert moved > 1e-4, f"{name}: the update did not change the weights"
+        for key in w1:
+            # Adam's first step is lr * g / (|g| + eps): for the few weights whose gradient is near eps, float
+            # summation order (1 rank vs 2) moves the step by a few 1e-6 at lr 1e-3 (seen: 2 of 65k elements).
+            torch.testing.assert_close(
+                w1[key], w2[key], atol=1e-5, rtol=1e-4, msg=lambda m, key=key, name=name: f"{name} {key}: {m}"
+            )
+        assert metrics[1]["grad_norm"] == pytest.approx(metrics[2]["grad_norm"], rel=1e-4), name
+        if objective.mini_batches == 1:
+            assert metrics[1]["loss"] == pytest.approx(metrics[2]["loss"], abs=1e-6), name
+        for world in (1, 2):
+            exported = _plain_logprobs(tmp_path / name / f"w{world}", batch)
+            np.testing.assert_allclose(exported[mask], logprobs[world][mask], atol=1e-5, err_msg=f"{name} W={world}")
+            assert np.abs(exported - policy)[mask].max() > 1e-3, f"{name} W={world}: the policy did not change"
+        before, policy = w1, exported
 
 
 # ---------------------------------------------------------------- the gradient against an independent one
@@ -110,18 +128,19 @@ LAYOUTS = {1: [(8, None), (3, None), (1, None), (8, 30)], 2: [(2, None), (4, 24)
 
 
 @pytest.mark.parametrize("world", sorted(LAYOUTS))
-def test_gradient_equals_the_full_batch_gradient_in_every_layout(ray_cluster, tied_model, world):
+def test_gradient_equals_the_full_batch_gradient_in_every_layout(groups, tmp_path, world):
     """Micro-batches of 8, 3 and 1 rows on one rank, 2 ranks with micro-batches of 2, and length-bucketed
     micro-batches (rows sorted by length, at most ``tokens`` padded tokens each) on 1 and 2 ranks, for GRPO's
-    two weightings and SFT: the gradient is the full-batch gradient, so a scale error (a factor of the world
-    size, of the micro-batch count, a token count taken per micro-batch) or a row matched to another row's
-    advantage shows up at once, unlike in the weights after one Adam step. The same ranks take each layout in
-    turn (``gradients`` applies nothing)."""
+    two weightings and SFT: the gradient is the full-batch gradient (of the weights the ranks hold), so a scale
+    error (a factor of the world size, of the micro-batch count, a token count taken per micro-batch) or a row
+    matched to another row's advantage shows up at once, unlike in the weights after one Adam step. The same
+    ranks take each layout in turn (``gradients`` applies nothing)."""
+    ranks = groups[world]
     batch = random_batch(rows=8, seed=3)
-    wanted = [_full_batch_gradient(tied_model, batch, objective) for objective in OBJECTIVES]
-    ranks = start_ranks(tied_model, LearnerConfig(world_size=world))
+    held = _export(ranks, tmp_path / "held")
+    wanted = [_full_batch_gradient(held, batch, objective) for objective in OBJECTIVES]
+    ref = ray.put(batch)
     try:
-        ref = ray.put(batch)
         for micro, tokens in LAYOUTS[world]:
             ray.get([r.__ray_call__.remote(_micro_batching(micro, tokens)) for r in ranks])
             for objective, want in zip(OBJECTIVES, wanted, strict=True):
@@ -134,8 +153,7 @@ def test_gradient_equals_the_full_batch_gradient_in_every_layout(ray_cluster, ti
                         err_msg=f"micro {micro} tokens {tokens} {objective}: {name}",
                     )  # fmt: skip
     finally:
-        for r in ranks:
-            ray.kill(r)
+        ray.get([r.__ray_call__.remote(_micro_batching(2, None)) for r in ranks])
 
 
 # ---------------------------------------------------------------- memory-safe loading and sharded resume
