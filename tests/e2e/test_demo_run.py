@@ -75,16 +75,10 @@ def _train(
 
 
 @pytest.fixture(scope="module")
-def runs(runs_root) -> Path:
-    """The session's output folder for builtin-model runs: the base model is pre-trained once."""
-    return runs_root
-
-
-@pytest.fixture(scope="module")
-def straight(runs):
+def straight(runs_root):
     """3 steps, undisturbed: what the disturbed run below must equal, step for step."""
-    proc = _train(runs, "--set", "grpo.steps=3", name="straight")
-    return runs / "straight", proc
+    proc = _train(runs_root, "--set", "grpo.steps=3", name="straight")
+    return runs_root / "straight", proc
 
 
 # The disturbed run, in two processes. The first keeps the reference model in an actor of its own and loses an
@@ -101,13 +95,13 @@ RESUME_FAULTS = "rollout-0@generate:2"
 
 
 @pytest.fixture(scope="module")
-def faulty(runs):
+def faulty(runs_root):
     extra = ["--set", "grpo.steps=3", "--set", "cluster.max_restarts=5", "--set", "learner.reference=actor"]
     extra += ["--set", "learner.reference_cpus=2"]  # the threads of the straight run's learner: the same sums
-    killed = _train(runs, *extra, name="faulty", faults=FAULTS, kill_after=2)
+    killed = _train(runs_root, *extra, name="faulty", faults=FAULTS, kill_after=2)
     assert "checkpoint: " in killed.stdout and "step    2/3 |" in killed.stdout  # killed after it, as planned
-    run_dir = runs / "faulty"
-    resumed = _train(runs, "--resume", str(run_dir), "--set", "cluster.max_restarts=0", faults=RESUME_FAULTS, rc=1)
+    run_dir = runs_root / "faulty"
+    resumed = _train(runs_root, "--resume", str(run_dir), "--set", "cluster.max_restarts=0", faults=RESUME_FAULTS, rc=1)
     return run_dir, killed, resumed
 
 
