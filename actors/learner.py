@@ -24,9 +24,17 @@ import numpy as np
 import ray
 import torch
 import torch.distributed as dist
+from torch.distributed.fsdp import FSDPModule
 
 from actors import learner_checkpoint
-from actors.learner_model import all_reduce, init_group, load_sharded, response_logits, response_logprobs
+from actors.learner_model import (
+    all_reduce,
+    init_group,
+    load_sharded,
+    micro_batches,
+    response_logits,
+    response_logprobs,
+)
 from actors.reward_model import LIKELIHOOD, last_token_rewards, likelihood_rewards
 from cluster.algo import microbatch
 from cluster.algo.logprobs import token_logprobs_and_entropy
@@ -160,7 +168,8 @@ class LearnerRank:
         model = self.ref if reference else self.model
         if model is None:
             raise ValueError("no reference model: this learner was built without one")
-        return response_logprobs(model, self._micro_batches(batch), len(batch), temperature, self.device)
+        micro = self._micro_batches(batch)
+        return response_logprobs(model, micro, len(batch), temperature, self.device, self.cfg.share_prompts)
 
     def _rewards(self, model: torch.nn.Module, batch: TrainBatch) -> torch.Tensor:
         """(B,) the scalar head's output at each sequence's last token (prompt + response), or the response's
@@ -185,11 +194,13 @@ class LearnerRank:
     def _micro_batches(self, batch: TrainBatch, group_rows: int = 1) -> list[tuple[np.ndarray, TrainBatch]]:
         """(rows, micro-batch) pairs: ``micro_batch_size`` rows in batch order, or with ``micro_batch_tokens``
         rows bucketed by length (whole groups of ``group_rows``)."""
-        lengths = batch.prompt_lens + batch.response_lens
         cfg = self.cfg
-        plan = microbatch.plan(
-            lengths, max_rows=cfg.micro_batch_size, max_tokens=cfg.micro_batch_tokens, group_rows=group_rows
-        )
+        plan = micro_batches(batch, cfg.micro_batch_size, cfg.micro_batch_tokens, cfg.share_prompts, group_rows)
+        if isinstance(self.model, FSDPModule) and self.world_size > 1:
+            # Every rank runs as many micro-batches as the rank with the most (each forward all-gathers weights).
+            count = torch.tensor(float(len(plan)))
+            all_reduce(count, op=dist.ReduceOp.MAX)
+            plan = microbatch.split_to(plan, int(count.item()), group_rows)
         return [(rows, batch.select(rows)) for rows in plan]
 
     def _shard(self, batch: TrainBatch, mini_batches: int) -> TrainBatch:
@@ -351,7 +362,7 @@ class LearnerRank:
         ``cut``: the mini-batch's rows of the precomputed tables, and this micro-batch's rows of those."""
         if objective.head == "reward":
             return LossInputs(values=self._rewards(self.model, micro)), {}
-        logits, tokens, mask = response_logits(self.model, micro, self.device)
+        logits, tokens, mask = response_logits(self.model, micro, self.device, self.cfg.share_prompts)
         lp, entropy = token_logprobs_and_entropy(logits, tokens, objective.temperature)
         cut = (*cut, slice(0, lp.shape[1]))
         inputs = LossInputs(

@@ -19,8 +19,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 
+from cluster.algo import microbatch
 from cluster.algo.logprobs import token_logprobs
 from cluster.payloads import TrainBatch
 
@@ -145,9 +146,15 @@ def load_sharded(
 
 
 def response_logits(
-    model: torch.nn.Module, batch: TrainBatch, device: torch.device
+    model: torch.nn.Module, batch: TrainBatch, device: torch.device, share_prompts: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Logits predicting each response token of ``batch``, the tokens, and the response mask, all (B, R, ...)."""
+    """Logits predicting each response token of ``batch``, the tokens, and the response mask, all (B, R, ...).
+    ``share_prompts``: rows with the same prompt (a GRPO group's G samples) run it through the model once
+    (``shared_prompt_logits``) where the model allows it."""
+    if share_prompts:
+        shared = shared_prompt_logits(model, batch, device)
+        if shared is not None:
+            return shared
     # Only as wide as this micro-batch's longest sequence: padding columns cost a full forward.
     used = min(batch.input_ids.shape[1], max(2, int((batch.prompt_lens + batch.response_lens).max())))
     ids = torch.tensor(batch.input_ids[:, :used], device=device)
@@ -179,6 +186,90 @@ def response_logits(
     return logits, ids.gather(1, target_pos), mask
 
 
+def micro_batches(
+    batch: TrainBatch, max_rows: int, max_tokens: int | None, share_prompts: bool, group_rows: int = 1
+) -> list[np.ndarray]:
+    """Each micro-batch's rows (``microbatch.plan``; with ``share_prompts``, the plan that computes fewer tokens
+    when micro-batches run their distinct prompts once)."""
+    if not share_prompts:
+        lengths = batch.prompt_lens + batch.response_lens
+        return microbatch.plan(lengths, max_rows=max_rows, max_tokens=max_tokens, group_rows=group_rows)
+    owners = microbatch.prompt_owners(batch.input_ids, batch.prompt_lens)
+    return microbatch.plan_shared(
+        batch.prompt_lens, batch.response_lens, owners, max_rows=max_rows, max_tokens=max_tokens, group_rows=group_rows
+    )
+
+
+SHARING_OFF = "_r1ray_prompt_sharing_off"
+"""Set on a model whose cache is not plain per-layer keys and values (sliding windows, linear attention...)."""
+
+
+def shared_prompt_logits(
+    model: torch.nn.Module, batch: TrainBatch, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """``response_logits`` with each distinct prompt run once: a forward of the distinct prompts (right-padded)
+    keeps their keys and values, which every row of that prompt then attends to in a forward of its response
+    tokens (positions continuing its prompt's). The same function of the weights, gradient included (it flows
+    into the prompt's forward through the cache); a GRPO group of G samples computes its prompt once instead of
+    G times. None where it does not apply: no shared prompt (on a plain module; FSDP2 ranks take this path
+    whatever their rows), activation checkpointing (which turns the cache off), or a model whose cache layers
+    are not plain ``DynamicLayer``s (a property of the model: the same on every rank)."""
+    from transformers.cache_utils import DynamicLayer
+
+    if getattr(model, SHARING_OFF, False) or getattr(model, "is_gradient_checkpointing", False):
+        return None
+    owner = microbatch.prompt_owners(batch.input_ids, batch.prompt_lens)
+    if owner is None:
+        # FSDP2 ranks must make the same forward calls (each all-gathers the weights), whatever their rows.
+        if not isinstance(model, FSDPModule):
+            return None
+        owner = np.arange(len(batch))
+    firsts = np.unique(owner, return_index=True)[1]
+    plen = torch.tensor(batch.prompt_lens[firsts], device=device)
+    width = int(plen.max())
+    columns = torch.arange(width, device=device)
+    pmask = (columns[None] < plen[:, None]).long()
+    pids = torch.tensor(batch.input_ids[firsts, :width], device=device) * pmask
+    last = (plen - 1)[:, None, None]
+
+    def last_prompt_state(_module, args):
+        hidden = args[0]
+        return (hidden.gather(1, last.expand(-1, -1, hidden.shape[-1])), *args[1:])
+
+    handle = model.get_output_embeddings().register_forward_pre_hook(last_prompt_state)
+    try:
+        out = model(input_ids=pids, attention_mask=pmask, use_cache=True, logits_to_keep=width)
+    finally:
+        handle.remove()
+    cache = out.past_key_values
+    if cache is None or not all(type(layer) is DynamicLayer for layer in getattr(cache, "layers", [None])):
+        setattr(model, SHARING_OFF, True)
+        return None
+    rows = torch.as_tensor(owner, device=device)
+    first = out.logits[rows]  # (B, 1, V): each row's first response token
+    prompt = torch.tensor(batch.prompt_lens, device=device)
+    resp = torch.tensor(batch.response_lens, device=device)
+    r = max(1, batch.max_response_len)
+    offsets = torch.arange(r, device=device)
+    ids = torch.tensor(batch.input_ids, device=device)
+    target_pos = (prompt[:, None] + offsets[None]).clamp(max=ids.shape[1] - 1)
+    tokens = ids.gather(1, target_pos)
+    # Response tokens 0..R-2 predict tokens 1..R-1 (the last one's output would predict past the response). With
+    # single-token responses only, one token still goes through (its output unused): the same calls every time.
+    cache.batch_select_indices(rows)
+    fed = max(1, r - 1)
+    more = model(
+        input_ids=tokens[:, :fed],
+        attention_mask=torch.cat([pmask[rows], (offsets[None, :fed] < resp[:, None]).long()], 1),
+        position_ids=target_pos[:, :fed],
+        past_key_values=cache,
+        use_cache=True,
+    ).logits
+    logits = torch.cat([first, more[:, : r - 1]], 1)
+    mask = (offsets[None] < resp[:, None]).float()
+    return logits, tokens, mask
+
+
 @torch.no_grad()
 def response_logprobs(
     model: torch.nn.Module,
@@ -186,13 +277,14 @@ def response_logprobs(
     rows: int,
     temperature: float,
     device: torch.device,
+    share_prompts: bool = True,
 ) -> np.ndarray:
     """(rows, R) float32 logprobs of each response token under ``softmax(logits / temperature)`` of ``model``,
     0 on padding; ``micro_batches``: (row indices, micro-batch) pairs covering the batch's rows."""
     width = max((mb.max_response_len for _, mb in micro_batches), default=0)
     out = np.zeros((rows, max(1, width)), dtype=np.float32)
     for index, chunk in micro_batches:
-        logits, tokens, mask = response_logits(model, chunk, device)
+        logits, tokens, mask = response_logits(model, chunk, device, share_prompts)
         lp = token_logprobs(logits, tokens, temperature) * mask
         out[index, : lp.shape[1]] = lp.float().cpu().numpy()
     return out

@@ -14,8 +14,7 @@ import numpy as np
 import ray
 import torch
 
-from actors.learner_model import response_logprobs
-from cluster.algo import microbatch
+from actors.learner_model import micro_batches, response_logprobs
 from cluster.payloads import TrainBatch
 
 
@@ -29,6 +28,7 @@ class ReferenceModel:
         threads: int = 1,
         micro_batch_size: int = 8,
         micro_batch_tokens: int | None = None,
+        share_prompts: bool = True,
         trust_remote_code: bool = False,
     ) -> None:
         from transformers import AutoModelForCausalLM
@@ -37,6 +37,7 @@ class ReferenceModel:
             torch.set_num_threads(max(1, threads))
         self.device = torch.device("cuda", 0) if device == "cuda" else torch.device(device)
         self.micro_batch_size, self.micro_batch_tokens = micro_batch_size, micro_batch_tokens
+        self.share_prompts = share_prompts
         model = AutoModelForCausalLM.from_pretrained(
             model_path, dtype=getattr(torch, dtype), trust_remote_code=trust_remote_code
         )
@@ -44,10 +45,9 @@ class ReferenceModel:
 
     def logprobs(self, batch: TrainBatch, temperature: float) -> np.ndarray:
         """(B, R) float32 reference logprobs of every response token of ``batch`` at ``temperature``, 0 on padding."""
-        lengths = batch.prompt_lens + batch.response_lens
-        plan = microbatch.plan(lengths, max_rows=self.micro_batch_size, max_tokens=self.micro_batch_tokens)
+        plan = micro_batches(batch, self.micro_batch_size, self.micro_batch_tokens, self.share_prompts)
         chunks = [(rows, batch.select(rows)) for rows in plan]
-        return response_logprobs(self.model, chunks, len(batch), temperature, self.device)
+        return response_logprobs(self.model, chunks, len(batch), temperature, self.device, self.share_prompts)
 
     def ready(self) -> bool:
         return True

@@ -7,9 +7,10 @@ use; TRL is no dependency of r1ray) as a child process that takes one step whene
 alternate step by step: r1ray, TRL, floor, r1ray, TRL, floor... Medians after the warm-up step(s).
 
 The floor is measured in this process between the steps, on the batch r1ray just trained on: plain
-PyTorch training of that batch (``floor.PlainTrainer``), the fastest generation of its prompts
-(``generate`` or r1ray's engine, whichever was faster) and a ``copy_`` of the weights; generation
-first, then training, as in a step.
+PyTorch training of that batch (``floor.PlainTrainer``), the fastest generation of its prompts with the
+weights r1ray sampled them with (``generate`` or r1ray's engine, whichever was faster; the table shows the
+tokens each generated, medians per step) and a ``copy_`` of the weights; generation first, then training, as
+in a step.
 
     RAY_AUTH_MODE=disabled .venv/bin/python benchmarks/e2e_trl.py [--workloads demo,40m] [--steps 4]
 """
@@ -90,6 +91,15 @@ class R1RaySide:
         self.last_batch, self.last_rollouts = batch, sampled.rollouts
         return phases | {"sample_s": t1 - t0, "gen_s": sampled.rollouts.gen_seconds, "step_s": time.perf_counter() - t0}
 
+    def policy_state(self) -> dict:
+        """The learner's current weights (world size 1: its plain module), for the floor's generation."""
+        import ray
+
+        def state(learner):
+            return {k: v.detach().clone() for k, v in learner.model.state_dict().items()}
+
+        return ray.get(self.fleet.learners[0].__ray_call__.remote(state))
+
     def close(self) -> None:
         self.fleet.shutdown()
 
@@ -140,19 +150,24 @@ def run(w: Workload, steps: int, warmup: int) -> dict:
     rows: dict[str, list[float]] = {}
     try:
         for i in range(steps + warmup):
+            sampled_with = r1.policy_state()
             r = r1.step()
             t = trl.step()
             ids = [list(map(int, p)) for p in r1.last_rollouts.prompt_ids]
+            # The floor generates with the policy r1ray sampled this batch with (the weights before its update):
+            # a policy that has learned to answer longer generates more tokens for the same prompts.
+            gen_model.load_state_dict(sampled_with)
             # In a step's order: generation, then training right after it (as r1ray's learner trains after its
             # engine generated). The padded update runs last: a second update of the same batch finds the
             # model's weights and optimizer state still in cache, which no step's training does.
-            gen_s, _ = plain_generate(gen_model, ids, w.group, w.new_tokens, w.fixed, stop)
+            gen_s, gen = plain_generate(gen_model, ids, w.group, w.new_tokens, w.fixed, stop)
             bucketed_s = bucketed.step(r1.last_batch) if bucketed else None
             padded_s = plain.step(r1.last_batch)
             bucketed_s = padded_s if bucketed_s is None else bucketed_s
             floor = {"floor_train_s": min(padded_s, bucketed_s), "floor_gen_s": min(gen_s, r["gen_s"])}
             floor |= {"padded_train_s": padded_s, "bucketed_train_s": bucketed_s}
             floor |= {"hf_gen_s": gen_s, "floor_copy_s": plain_copy(plain.model, gen_model)}
+            floor |= {"r1ray_tokens": float(r1.last_rollouts.lengths.sum()), "hf_tokens": float(sum(map(len, gen)))}
             if i >= warmup:
                 for key, value in (r | floor | {"trl_s": t}).items():
                     rows.setdefault(key, []).append(value)
@@ -188,6 +203,7 @@ def main() -> None:
             "workload",
             "train (padded / bucketed)",
             "generate (HF / r1ray engine)",
+            "tokens (HF / r1ray)",
             "copy",
             "floor",
             "r1ray step",
@@ -198,6 +214,7 @@ def main() -> None:
                 n,
                 f"{r['floor_train_s']:.3g} ({r['padded_train_s']:.3g} / {r['bucketed_train_s']:.3g})",
                 f"{r['floor_gen_s']:.3g} ({r['hf_gen_s']:.3g} / {r['gen_s']:.3g})",
+                f"{r['hf_tokens']:,.0f} / {r['r1ray_tokens']:,.0f}",
                 r["floor_copy_s"],
                 r["floor_s"],
                 r["step_s"],

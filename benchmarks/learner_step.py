@@ -3,7 +3,9 @@
 The batch is the workload's prompts x G completed by ``generate`` from the workload's model (random
 advantages); the r1ray side is ``PolicyLearner.train_step`` with the GRPO objective (one update, k3 KL
 to the reference), the plain side ``floor.PlainTrainer`` in this process (forward + backward + reference
-forward + AdamW, no FSDP, no Ray). Both on the same two cores (W=1: one rank with 2 threads; W=2: two
+forward + AdamW, no FSDP, no Ray, every row's prompt run whole). r1ray runs each micro-batch's distinct prompts
+once (``learner.share_prompts``, the default; a GRPO group's G rows share one); the bucketed table also shows it
+without (``every prompt``). Both on the same two cores (W=1: one rank with 2 threads; W=2: two
 ranks with 1 thread each), interleaved step by step; medians after a warm-up step.
 
     RAY_AUTH_MODE=disabled .venv/bin/python benchmarks/learner_step.py [--workloads demo,40m] [--steps 5]
@@ -21,7 +23,7 @@ BUCKET_TOKENS = 4096
 """deploy/configs/demo.yaml's learner.micro_batch_tokens."""
 
 
-def start_ranks(path: str, world: int, micro: int, lr: float, tokens: int | None = None):
+def start_ranks(path: str, world: int, micro: int, lr: float, tokens: int | None = None, share: bool = True):
     from actors.learner import PolicyLearner
     from cluster.config import LearnerConfig
     from cluster.payloads import LearnerSpec
@@ -30,7 +32,12 @@ def start_ranks(path: str, world: int, micro: int, lr: float, tokens: int | None
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     cfg = LearnerConfig(
-        world_size=world, cpus_per_rank=2 / world, lr=lr, micro_batch_size=micro, micro_batch_tokens=tokens
+        world_size=world,
+        cpus_per_rank=2 / world,
+        lr=lr,
+        micro_batch_size=micro,
+        micro_batch_tokens=tokens,
+        share_prompts=share,
     )
     specs = [
         LearnerSpec(
@@ -69,6 +76,7 @@ def run(w: Workload, steps: int, warmup: int) -> dict[str, float]:
     plains = {"plain": PlainTrainer(path, w.lr, w.kl)}
     if not w.fixed:  # length buckets (the demo config's learner.micro_batch_tokens) on both sides
         sides["W=1 bucketed"] = start_ranks(path, 1, len(batch), w.lr, BUCKET_TOKENS)
+        sides["W=1 bucketed, every prompt"] = start_ranks(path, 1, len(batch), w.lr, BUCKET_TOKENS, share=False)
         plains["plain bucketed"] = PlainTrainer(path, w.lr, w.kl, bucket_tokens=BUCKET_TOKENS)
     ref = ray.put(batch)
     times: dict[str, list[float]] = {}
@@ -113,15 +121,26 @@ def main() -> None:
     bucketed = {n: r for n, r in results.items() if "W=1 bucketed" in r}
     table(
         f"the same with length buckets of <= {BUCKET_TOKENS} padded tokens (learner.micro_batch_tokens), s",
-        ["workload", "plain", "plain bucketed", "r1ray W=1 bucketed", "bucketed/plain", "r1ray bucketed/plain"],
+        [
+            "workload",
+            "plain",
+            "plain bucketed",
+            "r1ray W=1 bucketed",
+            "(every prompt)",
+            "bucketed/plain",
+            "r1ray bucketed/plain",
+            "(every prompt)",
+        ],
         [
             [
                 n,
                 r["plain"],
                 r["plain bucketed"],
                 r["W=1 bucketed"],
+                r["W=1 bucketed, every prompt"],
                 r["plain bucketed"] / r["plain"],
                 r["W=1 bucketed"] / r["plain bucketed"],
+                r["W=1 bucketed, every prompt"] / r["plain bucketed"],
             ]
             for n, r in bucketed.items()
         ],  # fmt: skip

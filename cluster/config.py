@@ -1,9 +1,8 @@
 """Typed configuration of an r1ray run: one pydantic model per component, loaded from YAML.
 
-A run is described by a YAML file under ``deploy/configs/`` plus ``--set dotted.key=value``
-overrides. ``load_config`` turns every kind of bad input (missing file, bad YAML, unknown key,
-wrong type, value out of range, inconsistent sizes) into a ``ConfigError`` whose message names
-the dotted field, so the CLI can print one line and exit with code 2.
+A run is a YAML file under ``deploy/configs/`` plus ``--set dotted.key=value`` overrides. ``load_config`` turns
+any bad input (missing file, bad YAML, unknown key, wrong type, out of range, inconsistent sizes) into a
+``ConfigError`` naming the dotted field: the CLI prints one line and exits with code 2.
 """
 
 from __future__ import annotations
@@ -285,17 +284,18 @@ class LearnerConfig(Section):
     micro_batch_size: int = Field(64, ge=1)
     """Sequences per forward/backward on one rank; gradients accumulate over micro-batches."""
     micro_batch_tokens: int | None = Field(None, ge=1)
-    """Length-bucketed micro-batches (verl's dynamic batch size): rows sorted by length, each micro-batch at
-    most this many padded tokens (rows x its longest row) and ``micro_batch_size`` rows. Cuts the padding of
-    batches that mix short and long completions; None keeps batch order."""
+    """Length-bucketed micro-batches (verl's dynamic batch size): rows sorted by length, at most this many padded
+    tokens (rows x longest row) and ``micro_batch_size`` rows each; None keeps batch order."""
+    share_prompts: bool = True
+    """Run each distinct prompt of a micro-batch once (a GRPO group's G samples attend to its cached keys and
+    values; the same function of the weights), with the micro-batch plan that computes fewer tokens."""
     activation_checkpointing: bool = False
-    """Recompute activations in backward to save memory."""
+    """Recompute activations in backward to save memory (no prompt sharing: no cache in training)."""
     mixed_precision: Literal["no", "bf16"] = "no"
     """FSDP2 mixed precision (bf16 compute, fp32 master weights); GPU only."""
     grad_sync: Literal["last", "every"] = "last"
-    """When FSDP2 reduce-scatters gradients: ``last``, once per mini-batch at its last micro-batch (fewer
-    collectives; each rank holds the unsharded gradient, 4 bytes per parameter, between micro-batches) or
-    ``every`` micro-batch (for models whose full gradient does not fit one GPU)."""
+    """When FSDP2 reduce-scatters gradients: ``last`` micro-batch of a mini-batch (fewer collectives; each rank
+    holds the unsharded gradient, 4 bytes/parameter, meanwhile) or ``every`` one (a full gradient too big)."""
     reference: Literal["rank", "actor"] = "rank"
     """Where the frozen reference model of the KL term runs. ``rank``: on every learner rank, sharded like the
     policy, its forward part of each train step. ``actor``: one Ray actor of its own (``reference-0``, on

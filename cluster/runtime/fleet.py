@@ -306,6 +306,7 @@ class Fleet:
             threads=int(lc.reference_cpus),
             micro_batch_size=lc.micro_batch_size,
             micro_batch_tokens=lc.micro_batch_tokens,
+            share_prompts=lc.share_prompts,
             trust_remote_code=self.cfg.model.trust_remote_code,
         )
 

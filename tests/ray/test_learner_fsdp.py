@@ -53,7 +53,7 @@ def test_world_size_two_matches_one_for_each_objective(groups, tmp_path):
     # Both groups export where they start: a checkpoint of ranks that never stepped initialises Adam's state
     # (torch's distributed state dict takes a step of zero gradients), so both take it or neither may.
     start = [_export(ranks, tmp_path / f"start-w{world}") for world, ranks in groups.items()][0]
-    batch = random_batch()
+    batch = random_batch(group=2)  # each rank's micro-batch of 2 rows runs their one prompt once
     mask = np.arange(batch.max_response_len)[None] < batch.response_lens[:, None]
     before, policy = load_file(start / "model.safetensors"), _plain_logprobs(start, batch)
     ref = ray.put(batch)
@@ -124,34 +124,38 @@ OBJECTIVES = [
     SFTObjective(),
 ]
 # (micro-batch rows, padded tokens per micro-batch) of each world size
-LAYOUTS = {1: [(8, None), (3, None), (1, None), (8, 30)], 2: [(2, None), (4, 24)]}
+# (4, 16) at W = 2: the ranks' plans differ in length (2 and 3 micro-batches), the shorter one is cut to match.
+LAYOUTS = {1: [(8, None), (3, None), (1, None), (8, 30)], 2: [(2, None), (4, 24), (4, 16)]}
 
 
 @pytest.mark.parametrize("world", sorted(LAYOUTS))
 def test_gradient_equals_the_full_batch_gradient_in_every_layout(groups, tmp_path, world):
     """Micro-batches of 8, 3 and 1 rows on one rank, 2 ranks with micro-batches of 2, and length-bucketed
     micro-batches (rows sorted by length, at most ``tokens`` padded tokens each) on 1 and 2 ranks, for GRPO's
-    two weightings and SFT: the gradient is the full-batch gradient (of the weights the ranks hold), so a scale
+    two weightings and SFT, on rows of distinct prompts and on groups of rows sharing one (run once through the
+    cache): the gradient is the full-batch gradient (of the weights the ranks hold), so a scale
     error (a factor of the world size, of the micro-batch count, a token count taken per micro-batch) or a row
     matched to another row's advantage shows up at once, unlike in the weights after one Adam step. The same
     ranks take each layout in turn (``gradients`` applies nothing)."""
     ranks = groups[world]
-    batch = random_batch(rows=8, seed=3)
     held = _export(ranks, tmp_path / "held")
-    wanted = [_full_batch_gradient(held, batch, objective) for objective in OBJECTIVES]
-    ref = ray.put(batch)
     try:
-        for micro, tokens in LAYOUTS[world]:
-            ray.get([r.__ray_call__.remote(_micro_batching(micro, tokens)) for r in ranks])
-            for objective, want in zip(OBJECTIVES, wanted, strict=True):
-                grads = ray.get([r.gradients.remote(ref, objective) for r in ranks])[0]
-                scale = max(np.abs(g).max() for g in want.values())
-                assert grads.keys() == want.keys()
-                for name in want:
-                    np.testing.assert_allclose(
-                        grads[name], want[name], atol=1e-5 * scale, rtol=1e-4,
-                        err_msg=f"micro {micro} tokens {tokens} {objective}: {name}",
-                    )  # fmt: skip
+        # Distinct prompts, and groups of 4 rows sharing one (run once per micro-batch through the cache).
+        for group in (1, 4):
+            batch = random_batch(rows=8, seed=3, group=group)
+            wanted = [_full_batch_gradient(held, batch, objective) for objective in OBJECTIVES]
+            ref = ray.put(batch)
+            for micro, tokens in LAYOUTS[world]:
+                ray.get([r.__ray_call__.remote(_micro_batching(micro, tokens)) for r in ranks])
+                for objective, want in zip(OBJECTIVES, wanted, strict=True):
+                    grads = ray.get([r.gradients.remote(ref, objective) for r in ranks])[0]
+                    scale = max(np.abs(g).max() for g in want.values())
+                    assert grads.keys() == want.keys()
+                    for name in want:
+                        np.testing.assert_allclose(
+                            grads[name], want[name], atol=1e-5 * scale, rtol=1e-4,
+                            err_msg=f"group {group} micro {micro} tokens {tokens} {objective}: {name}",
+                        )  # fmt: skip
     finally:
         ray.get([r.__ray_call__.remote(_micro_batching(2, None)) for r in ranks])
 
@@ -183,14 +187,14 @@ def test_rank0_load_at_world_size_two_and_sharded_resume(ray_cluster, tied_model
     first, second = ray.put(random_batch(seed=0)), ray.put(random_batch(seed=1))
     ranks = start_ranks(tied_model, cfg, optimizer_steps=2)
     try:
-        probe = random_batch(seed=5)
+        probe = random_batch(seed=5, group=2)
         got = ray.get([r.compute_logprobs.remote(probe, temperature=1.0) for r in ranks])
         np.testing.assert_allclose(got[0], _plain_logprobs(tied_model, probe), atol=1e-5)
         np.testing.assert_array_equal(got[0], got[1])
         # With ``micro_batch_tokens`` the rows run sorted by length in several micro-batches; the logprob table
         # (the reference's, the behaviour policy's) comes back row for row in the batch's order.
         ray.get([r.__ray_call__.remote(_micro_batching(8, 20)) for r in ranks])
-        rows = random_batch(rows=12, seed=7)
+        rows = random_batch(rows=12, seed=7, group=3)
         bucketed = ray.get([r.compute_logprobs.remote(rows, temperature=1.0) for r in ranks])[0]
         np.testing.assert_allclose(bucketed, _plain_logprobs(tied_model, rows), atol=1e-5)
         ray.get([r.__ray_call__.remote(_micro_batching(cfg.micro_batch_size, None)) for r in ranks])
