@@ -168,8 +168,7 @@ class LearnerRank:
         model = self.ref if reference else self.model
         if model is None:
             raise ValueError("no reference model: this learner was built without one")
-        micro = self._micro_batches(batch)
-        return response_logprobs(model, micro, len(batch), temperature, self.device, self.cfg.share_prompts)
+        return response_logprobs(model, self._micro_batches(batch), len(batch), temperature, self.device)
 
     def _rewards(self, model: torch.nn.Module, batch: TrainBatch) -> torch.Tensor:
         """(B,) the scalar head's output at each sequence's last token (prompt + response), or the response's
@@ -187,21 +186,26 @@ class LearnerRank:
         """(B,) float32 rewards of a reward-model learner (held-out evaluation); every rank must join (FSDP)."""
         self._require_head("reward", "compute_rewards")
         out = np.zeros(len(batch), dtype=np.float32)
-        for rows, chunk in self._micro_batches(batch):
+        for rows, chunk, _ in self._micro_batches(batch):
             out[rows] = self._rewards(self.model, chunk).float().cpu().numpy()
         return out
 
-    def _micro_batches(self, batch: TrainBatch, group_rows: int = 1) -> list[tuple[np.ndarray, TrainBatch]]:
-        """(rows, micro-batch) pairs: ``micro_batch_size`` rows in batch order, or with ``micro_batch_tokens``
-        rows bucketed by length (whole groups of ``group_rows``)."""
+    def _micro_batches(self, batch: TrainBatch, group_rows: int = 1) -> list[tuple[np.ndarray, TrainBatch, bool]]:
+        """(rows, micro-batch, share its prompts): ``micro_batch_size`` rows in batch order, or with
+        ``micro_batch_tokens`` rows bucketed by length (whole groups of ``group_rows``)."""
         cfg = self.cfg
         plan = micro_batches(batch, cfg.micro_batch_size, cfg.micro_batch_tokens, cfg.share_prompts, group_rows)
         if isinstance(self.model, FSDPModule) and self.world_size > 1:
-            # Every rank runs as many micro-batches as the rank with the most (each forward all-gathers weights).
+            # The ranks make the same forward calls (each all-gathers the weights): as many micro-batches as the rank
+            # with the most, and a micro-batch's prompts run apart on every rank if on any.
             count = torch.tensor(float(len(plan)))
             all_reduce(count, op=dist.ReduceOp.MAX)
             plan = microbatch.split_to(plan, int(count.item()), group_rows)
-        return [(rows, batch.select(rows)) for rows in plan]
+        chunks = [batch.select(rows) for rows in plan]
+        shares = torch.tensor([cfg.share_prompts and _repeats_a_prompt(c) for c in chunks], dtype=torch.float32)
+        if isinstance(self.model, FSDPModule) and self.world_size > 1:
+            all_reduce(shares, op=dist.ReduceOp.MAX)
+        return list(zip(plan, chunks, [bool(x) for x in shares.tolist()], strict=True))
 
     def _shard(self, batch: TrainBatch, mini_batches: int) -> TrainBatch:
         """This rank's rows: its slice of every global mini-batch, so mini-batches do not depend on W."""
@@ -313,11 +317,11 @@ class LearnerRank:
         maxes: dict[str, float] = {}
         # Whole groups per micro-batch: a pair's loss needs both of its rows.
         micros = self._micro_batches(mini, objective.group_rows)
-        for j, (index, micro) in enumerate(micros):
+        for j, (index, micro, share) in enumerate(micros):
             # One reduce-scatter per mini-batch (at its last micro-batch) unless every micro-batch must reduce.
             if hasattr(self.model, "set_requires_gradient_sync"):  # an FSDP2 module (not bare at world size 1)
                 self.model.set_requires_gradient_sync(self.cfg.grad_sync == "every" or j == len(micros) - 1)
-            inputs, own = self._loss_inputs(micro, (rows, torch.as_tensor(index)), old, ref, objective)
+            inputs, own = self._loss_inputs(micro, (rows, torch.as_tensor(index)), old, ref, objective, share)
             if gap is not None:
                 gap.add(inputs.logprobs, micro.rollout_logprobs, inputs.mask)
             loss, m = objective.loss(inputs)
@@ -357,12 +361,14 @@ class LearnerRank:
         old: torch.Tensor | None,
         ref: torch.Tensor | None,
         objective: Objective,
+        share: bool,
     ) -> tuple[LossInputs, dict[str, float]]:
         """One micro-batch's forward (with gradient) as the objective's inputs, and the learner's own metrics.
-        ``cut``: the mini-batch's rows of the precomputed tables, and this micro-batch's rows of those."""
+        ``cut``: the mini-batch's rows of the precomputed tables, and this micro-batch's rows of those; ``share``:
+        run its distinct prompts once."""
         if objective.head == "reward":
             return LossInputs(values=self._rewards(self.model, micro)), {}
-        logits, tokens, mask = response_logits(self.model, micro, self.device, self.cfg.share_prompts)
+        logits, tokens, mask = response_logits(self.model, micro, self.device, share)
         lp, entropy = token_logprobs_and_entropy(logits, tokens, objective.temperature)
         cut = (*cut, slice(0, lp.shape[1]))
         inputs = LossInputs(
@@ -436,6 +442,10 @@ class LearnerRank:
 
     def load_checkpoint(self, path: str) -> None:
         learner_checkpoint.load(self, path)
+
+
+def _repeats_a_prompt(batch: TrainBatch) -> bool:
+    return microbatch.prompt_owners(batch.input_ids, batch.prompt_lens) is not None
 
 
 def _pad_to(x: torch.Tensor, width: int) -> torch.Tensor:

@@ -211,12 +211,17 @@ def shared_prompt_logits(
     keeps their keys and values, which every row of that prompt then attends to in a forward of its response
     tokens (positions continuing its prompt's). The same function of the weights, gradient included (it flows
     into the prompt's forward through the cache); a GRPO group of G samples computes its prompt once instead of
-    G times. None where it does not apply: no shared prompt (on a plain module; FSDP2 ranks take this path
-    whatever their rows), activation checkpointing (which turns the cache off), or a model whose cache layers
-    are not plain ``DynamicLayer``s (a property of the model: the same on every rank)."""
+    G times. None where it does not apply: no shared prompt (on a plain module; FSDP2 ranks that agreed to share
+    this micro-batch take this path whatever their rows), activation checkpointing (which turns the cache off), a
+    model whose cache layers are not plain ``DynamicLayer``s or whose rotary frequencies depend on the
+    positions of each forward (dynamic, longrope): properties of the model, the same on every rank."""
     from transformers.cache_utils import DynamicLayer
 
     if getattr(model, SHARING_OFF, False) or getattr(model, "is_gradient_checkpointing", False):
+        return None
+    rope = getattr(model.config, "rope_parameters", None) or getattr(model.config, "rope_scaling", None) or {}
+    if isinstance(rope, dict) and rope.get("rope_type", rope.get("type")) in ("dynamic", "longrope"):
+        setattr(model, SHARING_OFF, True)
         return None
     owner = microbatch.prompt_owners(batch.input_ids, batch.prompt_lens)
     if owner is None:
@@ -232,11 +237,16 @@ def shared_prompt_logits(
     pids = torch.tensor(batch.input_ids[firsts, :width], device=device) * pmask
     last = (plen - 1)[:, None, None]
 
-    def last_prompt_state(_module, args):
-        hidden = args[0]
-        return (hidden.gather(1, last.expand(-1, -1, hidden.shape[-1])), *args[1:])
+    head = model.get_output_embeddings()
+    kept: list[torch.Tensor] = []
 
-    handle = model.get_output_embeddings().register_forward_pre_hook(last_prompt_state)
+    def last_prompt_state(_module, args):
+        # Keep each prompt's last hidden state; its logits are taken with the responses' (one LM head call).
+        hidden = args[0]
+        kept.append(hidden.gather(1, last.expand(-1, -1, hidden.shape[-1])))
+        return (hidden[:, :0], *args[1:])
+
+    handle = head.register_forward_pre_hook(last_prompt_state)
     try:
         out = model(input_ids=pids, attention_mask=pmask, use_cache=True, logits_to_keep=width)
     finally:
@@ -245,8 +255,9 @@ def shared_prompt_logits(
     if cache is None or not all(type(layer) is DynamicLayer for layer in getattr(cache, "layers", [None])):
         setattr(model, SHARING_OFF, True)
         return None
+    if len(kept) != 1:
+        raise RuntimeError(f"{type(model).__name__} does not apply its output embeddings to the hidden states")
     rows = torch.as_tensor(owner, device=device)
-    first = out.logits[rows]  # (B, 1, V): each row's first response token
     prompt = torch.tensor(batch.prompt_lens, device=device)
     resp = torch.tensor(batch.response_lens, device=device)
     r = max(1, batch.max_response_len)
@@ -258,14 +269,23 @@ def shared_prompt_logits(
     # single-token responses only, one token still goes through (its output unused): the same calls every time.
     cache.batch_select_indices(rows)
     fed = max(1, r - 1)
-    more = model(
-        input_ids=tokens[:, :fed],
-        attention_mask=torch.cat([pmask[rows], (offsets[None, :fed] < resp[:, None]).long()], 1),
-        position_ids=target_pos[:, :fed],
-        past_key_values=cache,
-        use_cache=True,
-    ).logits
-    logits = torch.cat([first, more[:, : r - 1]], 1)
+
+    def with_first_state(_module, args):
+        return (torch.cat([kept[0][rows], args[0][:, : r - 1]], 1), *args[1:])
+
+    handle = head.register_forward_pre_hook(with_first_state)
+    try:
+        logits = model(
+            input_ids=tokens[:, :fed],
+            attention_mask=torch.cat([pmask[rows], (offsets[None, :fed] < resp[:, None]).long()], 1),
+            position_ids=target_pos[:, :fed],
+            past_key_values=cache,
+            use_cache=True,
+        ).logits
+    finally:
+        handle.remove()
+    if logits.shape[:2] != target_pos.shape:
+        raise RuntimeError(f"{type(model).__name__} does not apply its output embeddings to the hidden states")
     mask = (offsets[None] < resp[:, None]).float()
     return logits, tokens, mask
 
@@ -277,14 +297,13 @@ def response_logprobs(
     rows: int,
     temperature: float,
     device: torch.device,
-    share_prompts: bool = True,
 ) -> np.ndarray:
     """(rows, R) float32 logprobs of each response token under ``softmax(logits / temperature)`` of ``model``,
-    0 on padding; ``micro_batches``: (row indices, micro-batch) pairs covering the batch's rows."""
-    width = max((mb.max_response_len for _, mb in micro_batches), default=0)
+    0 on padding; ``micro_batches``: (row indices, micro-batch, share its prompts) covering the batch's rows."""
+    width = max((mb.max_response_len for _, mb, _ in micro_batches), default=0)
     out = np.zeros((rows, max(1, width)), dtype=np.float32)
-    for index, chunk in micro_batches:
-        logits, tokens, mask = response_logits(model, chunk, device, share_prompts)
+    for index, chunk, share in micro_batches:
+        logits, tokens, mask = response_logits(model, chunk, device, share)
         lp = token_logprobs(logits, tokens, temperature) * mask
         out[index, : lp.shape[1]] = lp.float().cpu().numpy()
     return out

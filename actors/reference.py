@@ -46,8 +46,8 @@ class ReferenceModel:
     def logprobs(self, batch: TrainBatch, temperature: float) -> np.ndarray:
         """(B, R) float32 reference logprobs of every response token of ``batch`` at ``temperature``, 0 on padding."""
         plan = micro_batches(batch, self.micro_batch_size, self.micro_batch_tokens, self.share_prompts)
-        chunks = [(rows, batch.select(rows)) for rows in plan]
-        return response_logprobs(self.model, chunks, len(batch), temperature, self.device, self.share_prompts)
+        chunks = [(rows, batch.select(rows), self.share_prompts) for rows in plan]
+        return response_logprobs(self.model, chunks, len(batch), temperature, self.device)
 
     def ready(self) -> bool:
         return True

@@ -61,14 +61,14 @@ def computed_tokens(
 ) -> int:
     """Token positions a forward over these micro-batches computes, padding included: a micro-batch whose rows
     share prompts runs each distinct prompt once (padded to its longest) and each row's response tokens but
-    the last (padded to the longest); one without, rows x its longest row."""
+    the last (padded to the longest; at least one); one without, rows x its longest row."""
     total = 0
     for rows in micro:
         distinct = len(rows) if owners is None else np.unique(owners[rows]).size
         if distinct == len(rows):
             total += len(rows) * int((prompt_lens[rows] + response_lens[rows]).max())
         else:
-            total += distinct * int(prompt_lens[rows].max()) + len(rows) * (int(response_lens[rows].max()) - 1)
+            total += distinct * int(prompt_lens[rows].max()) + len(rows) * max(1, int(response_lens[rows].max()) - 1)
     return total
 
 
@@ -91,8 +91,8 @@ def plan_shared(
     if owners is None or max_tokens is None or group_rows != 1:
         return by_row
     counts = np.bincount(owners)
-    if counts.min() != counts.max():
-        return by_row  # prompts with unequal row counts: no whole-group layout
+    if counts.min() != counts.max() or counts[0] > max_rows:
+        return by_row  # prompts with unequal row counts, or more rows than a micro-batch holds
     order = np.argsort(owners, kind="stable")
     whole = plan(lengths[order], max_rows=max_rows, max_tokens=max_tokens, group_rows=int(counts[0]))
     by_prompt = [order[rows] for rows in whole]

@@ -8,6 +8,7 @@ import ray
 import torch
 from safetensors.torch import load_file
 
+from actors.learner_model import micro_batches
 from cluster.algo.grpo import GRPOObjective
 from cluster.algo.sft import SFTObjective
 from cluster.config import LearnerConfig
@@ -138,6 +139,11 @@ def test_gradient_equals_the_full_batch_gradient_in_every_layout(groups, tmp_pat
     matched to another row's advantage shows up at once, unlike in the weights after one Adam step. The same
     ranks take each layout in turn (``gradients`` applies nothing)."""
     ranks = groups[world]
+    if world == 2:  # the layout whose plans differ in length between the ranks (each rank: 4 rows of 8)
+        own = [
+            micro_batches(random_batch(rows=8, seed=3).select(np.arange(4 * k, 4 * k + 4)), 4, 16, True) for k in (0, 1)
+        ]
+        assert [len(p) for p in own] == [2, 3]
     held = _export(ranks, tmp_path / "held")
     try:
         # Distinct prompts, and groups of 4 rows sharing one (run once per micro-batch through the cache).

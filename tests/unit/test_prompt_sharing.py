@@ -93,8 +93,16 @@ def test_distinct_prompts_and_activation_checkpointing_run_every_row():
     assert first_forward_rows(model, batch_of(PROMPTS, ROWS), share=True)[1] == 6
 
 
-def test_a_sliding_window_cache_falls_back_to_every_row_and_says_so():
-    model, batch = tiny(use_sliding_window=True, sliding_window=4, max_window_layers=0), batch_of(PROMPTS, ROWS)
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"use_sliding_window": True, "sliding_window": 4, "max_window_layers": 0},  # a cache that drops keys
+        {"rope_parameters": {"rope_type": "dynamic", "factor": 2.0, "rope_theta": 10000.0}},  # per-forward RoPE
+    ],
+    ids=["sliding-window", "dynamic-rope"],
+)
+def test_models_sharing_would_change_fall_back_to_every_row_and_say_so(overrides):
+    model, batch = tiny(**overrides), batch_of(PROMPTS, ROWS)
     plain = response_logits(model, batch, CPU, share_prompts=False)
     shared = response_logits(model, batch, CPU, share_prompts=True)
     assert getattr(model, SHARING_OFF) is True
@@ -142,11 +150,13 @@ def test_plan_shared_keeps_groups_together_when_their_prompts_outweigh_the_paddi
     assert computed_tokens(chosen, prompt, response, owners) <= computed_tokens(by_row, prompt, response, owners)
 
 
-def test_plan_shared_never_puts_a_group_over_the_budget():
+def test_plan_shared_never_puts_a_group_over_the_budget_or_max_rows():
     prompt, response, owners = grpo_rows(60)
     budget = 2 * int((prompt + response).max())  # two rows fit, a group of four does not
     chosen = plan_shared(prompt, response, owners, max_rows=32, max_tokens=budget)
     assert all(len(p) * (prompt + response)[p].max() <= budget for p in chosen)
+    chosen = plan_shared(prompt, response, owners, max_rows=3, max_tokens=10**6)  # nor more rows than max_rows
+    assert max(len(p) for p in chosen) <= 3
 
 
 def test_micro_batches_without_a_budget_or_sharing_keep_the_plain_plan():
