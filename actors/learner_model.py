@@ -201,7 +201,8 @@ def micro_batches(
 
 
 SHARING_OFF = "_r1ray_prompt_sharing_off"
-"""Set on a model whose cache is not plain per-layer keys and values (sliding windows, linear attention...)."""
+"""Set on a model that runs every row whole: its cache is not plain per-layer keys and values (sliding windows,
+linear attention...) or its rotary frequencies depend on each forward's positions (dynamic, longrope)."""
 
 
 def shared_prompt_logits(
