@@ -24,7 +24,8 @@ TEMPERATURE = 0.7
 
 
 def _batch(rows: int = 12, seed: int = 5) -> TrainBatch:
-    return random_batch(rows, seed)
+    # Groups of 3 rows sharing a prompt: the actor and the ranks run each prompt once (learner.share_prompts).
+    return random_batch(rows, seed, group=3)
 
 
 def _learner(policy, reference_model, *, reference: bool, cfg: LearnerConfig):
