@@ -2,9 +2,12 @@
 
 Both sides get the same model, prompts (in the same order), G, batch, max new tokens, stop (``</answer>``
 for the demo; fixed-length completions for the 40M model), T = 1, lr, k3 KL and one optimizer step per
-batch, on the same two cores. TRL runs in its own virtualenv (``runs/_bench/venv-trl``, created on first
-use; TRL is no dependency of r1ray) as a child process that takes one step whenever told, so the sides
-alternate step by step: r1ray, TRL, floor, r1ray, TRL, floor... Medians after the warm-up step(s).
+batch, on the same two cores. The speed-up is per step (the target); each side's policy learns on its own,
+so on the demo the two may answer at different lengths within the measured steps: the table shows each
+side's completion tokens per step and the speed-up in completion tokens per second beside it. TRL runs in
+its own virtualenv (``runs/_bench/venv-trl``, created on first use; TRL is no dependency of r1ray) as a
+child process that takes one step whenever told, so the sides alternate step by step: r1ray, TRL, floor,
+r1ray, TRL, floor... Medians after the warm-up step(s).
 
 The floor is measured in this process between the steps, on the batch r1ray just trained on: plain
 PyTorch training of that batch (``floor.PlainTrainer``), the fastest generation of its prompts with the
@@ -122,10 +125,12 @@ class TRLSide:
             if line.startswith("BENCH "):  # TRL prints its own logs to stdout too
                 return json.loads(line[6:])
 
-    def step(self) -> float:
+    def step(self) -> dict[str, float]:
+        """One TRL step: its seconds and the completion tokens it generated."""
         self.proc.stdin.write("go\n")
         self.proc.stdin.flush()
-        return self._read()["s"]
+        out = self._read()
+        return {"trl_s": out["s"], "trl_tokens": out["tokens"]}
 
     def close(self) -> None:
         self.proc.stdin.close()
@@ -169,7 +174,7 @@ def run(w: Workload, steps: int, warmup: int) -> dict:
             floor |= {"hf_gen_s": gen_s, "floor_copy_s": plain_copy(plain.model, gen_model)}
             floor |= {"r1ray_tokens": float(r1.last_rollouts.lengths.sum()), "hf_tokens": float(sum(map(len, gen)))}
             if i >= warmup:
-                for key, value in (r | floor | {"trl_s": t}).items():
+                for key, value in (r | floor | t).items():
                     rows.setdefault(key, []).append(value)
     finally:
         r1.close()
@@ -179,21 +184,45 @@ def run(w: Workload, steps: int, warmup: int) -> dict:
     return out
 
 
+def steps_per_workload(text: str, names: list[str]) -> dict[str, int]:
+    """``--steps``: ``4`` for every workload, or ``demo=4,40m=3``, which must name each of ``names``."""
+    if "=" not in text:
+        return dict.fromkeys(names, int(text))
+    pairs = dict(part.split("=", 1) for part in text.split(","))
+    missing = [n for n in names if n not in pairs]
+    if missing:
+        raise SystemExit(f"--steps {text}: no step count for workload(s) {missing}")
+    return {n: int(pairs[n]) for n in names}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workloads", default="demo,40m")
-    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--steps", default="4", help="measured steps: one count, or per workload (demo=4,40m=3)")
     parser.add_argument("--warmup", type=int, default=1)
     args = parser.parse_args()
     WORK.mkdir(parents=True, exist_ok=True)
     init_ray()
-    results = {name: run(WORKLOADS[name], args.steps, args.warmup) for name in args.workloads.split(",")}
-    header = ["workload", "r1ray s/step", "TRL s/step", "speed-up", "r1ray sample+score", "train", "sync"]
+    names = args.workloads.split(",")
+    steps = steps_per_workload(args.steps, names)
+    results = {name: run(WORKLOADS[name], steps[name], args.warmup) for name in names}
+    header = ["workload", "r1ray s/step", "TRL s/step", "speed-up", "tokens (r1ray / TRL)", "tokens/s speed-up"]
+    header += ["r1ray sample+score", "train", "sync"]
     table(
-        f"end to end, median s/step of {args.steps} after {args.warmup} warm-up (interleaved)",
+        f"end to end, median s/step of {'/'.join(map(str, steps.values()))} after {args.warmup} warm-up (interleaved)",
         header,
         [
-            [n, r["step_s"], r["trl_s"], r["trl_s"] / r["step_s"], r["sample_s"], r["train_s"], r["sync_s"]]
+            [
+                n,
+                r["step_s"],
+                r["trl_s"],
+                r["trl_s"] / r["step_s"],
+                f"{r['r1ray_tokens']:,.0f} / {r['trl_tokens']:,.0f}",
+                (r["r1ray_tokens"] / r["step_s"]) / (r["trl_tokens"] / r["trl_s"]),
+                r["sample_s"],
+                r["train_s"],
+                r["sync_s"],
+            ]
             for n, r in results.items()
         ],
     )
@@ -224,7 +253,15 @@ def main() -> None:
         ],
     )
     (WORK / "e2e.json").write_text(json.dumps(results, indent=1))
-    print("\n" + "r1ray/TRL speed-up: " + ", ".join(f"{n} x{r['trl_s'] / r['step_s']:.2f}" for n, r in results.items()))
+    per_token = ", ".join(
+        f"{n} x{(r['r1ray_tokens'] / r['step_s']) / (r['trl_tokens'] / r['trl_s']):.2f}" for n, r in results.items()
+    )
+    print(
+        "\n"
+        + "r1ray/TRL speed-up: "
+        + ", ".join(f"{n} x{r['trl_s'] / r['step_s']:.2f}" for n, r in results.items())
+        + f" (in completion tokens per second: {per_token})"
+    )
     print("step / floor = " + ", ".join(f"{n} x{r['step_s'] / r['floor_s']:.2f}" for n, r in results.items()))
 
 

@@ -2,8 +2,9 @@
 
 Runs in the benchmark's own TRL virtualenv (``runs/_bench/venv-trl``), not in r1ray's. It reads the
 workload spec ``e2e_trl.py`` wrote (model folder, prompts in batch order, G, max tokens, lr, KL), then
-trains; before each step it waits for a line on stdin and after it prints ``{"step": n, "s": seconds}``,
-so the caller can interleave TRL's steps with r1ray's (A B A B) on the same two cores.
+trains; before each step it waits for a line on stdin and after it prints ``{"step": n, "s": seconds,
+"tokens": completion tokens}``, so the caller can interleave TRL's steps with r1ray's (A B A B) on the same two
+cores.
 
     runs/_bench/venv-trl/bin/python benchmarks/trl_side.py SPEC.json
 """
@@ -91,8 +92,16 @@ def main() -> None:
             sys.stdin.readline()
             self.t0 = time.perf_counter()
 
-        def on_step_end(self, _args, state, *_, **__):
-            print("BENCH", json.dumps({"step": state.global_step, "s": time.perf_counter() - self.t0}), flush=True)
+        def on_step_end(self, *_, **__):
+            self.seconds = time.perf_counter() - self.t0
+
+        def on_log(self, _args, state, _control, logs=None, **__):
+            # The step's log follows its end (logging_steps=1): the mean completion length of its batch. (The
+            # trainer's last log, its run summary, has none.)
+            if "completions/mean_length" not in (logs or {}):
+                return
+            tokens = logs["completions/mean_length"] * batch
+            print("BENCH", json.dumps({"step": state.global_step, "s": self.seconds, "tokens": tokens}), flush=True)
 
     trainer = GRPOTrainer(
         model=model, reward_funcs=reward_fn(spec), args=args, train_dataset=data, processing_class=tok
