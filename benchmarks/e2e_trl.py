@@ -186,13 +186,16 @@ def run(w: Workload, steps: int, warmup: int) -> dict:
 
 def steps_per_workload(text: str, names: list[str]) -> dict[str, int]:
     """``--steps``: ``4`` for every workload, or ``demo=4,40m=3``, which must name each of ``names``."""
-    if "=" not in text:
-        return dict.fromkeys(names, int(text))
-    pairs = dict(part.split("=", 1) for part in text.split(","))
+    try:
+        if "=" not in text:
+            return dict.fromkeys(names, int(text))
+        pairs = {name: int(count) for name, count in (part.split("=") for part in text.split(","))}
+    except ValueError:
+        raise SystemExit(f"--steps {text}: expected a count (4) or workload=count pairs (demo=4,40m=3)") from None
     missing = [n for n in names if n not in pairs]
     if missing:
         raise SystemExit(f"--steps {text}: no step count for workload(s) {missing}")
-    return {n: int(pairs[n]) for n in names}
+    return {n: pairs[n] for n in names}
 
 
 def main() -> None:

@@ -27,8 +27,8 @@ BENCHMARKS = [
     ("async_rollouts", ["--steps", "6"]),
     ("step_profile", ["--steps", "1"]),
 ]
-"""Sized so the whole runs in about 15 minutes on this project's 2-core machine; each script's own defaults
-(``--help``) measure longer."""
+"""Sized to run in about 12 minutes on this project's 2-core machine at its usual speed (16.0 on a day it ran
+1.15-2.7x slower); each script's own defaults (``--help``) measure longer."""
 
 
 def main() -> None:
