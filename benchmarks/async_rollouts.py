@@ -1,7 +1,8 @@
 """Asynchronous rollouts vs synchronous on the same two cores, on the demo workload, and whether it learns.
 
-Three modes by default, one fleet each (actor names prefixed), taking turns in blocks of steps (medians after two
-warm-up steps each), the actors' threads pinned at each switch:
+Three modes by default, one fleet each (actor names prefixed), taking turns in blocks of steps after a warm-up
+step each, the actors' threads pinned at each switch; each block begins with one unmeasured step, which refills
+an asynchronous mode's pipeline (see ``Modes.steps``):
 
 - sync, shared: engines and learner take turns, each with both cores, in the demo's layout (two engines of one
   thread each, side by side): engines and learners sharing their hardware;
@@ -121,6 +122,11 @@ class Modes:
         return sample
 
     def steps(self, mode: Mode, n: int, keep: bool) -> None:
+        """One block: the mode's actors pinned, one unmeasured step, then ``n`` steps (measured if ``keep``).
+
+        The unmeasured step refills an asynchronous pipeline: a block's last step samples nothing ahead (the
+        other modes run next on the same cores), so its first step samples, then trains, one after the other, as
+        only the first step of a real run does. Every mode takes it, so the blocks compare steady steps."""
         side = self.sides[mode]
         fleet = side.fleet
         for worker in fleet.rollouts:
@@ -129,13 +135,13 @@ class Modes:
         if fleet.reference is not None:
             place(fleet.reference, {0} if mode.split else {0, 1})
         schedule = self.schedules[mode]
-        for i in range(n):
+        for i in range(n + 1):
             t0 = time.perf_counter()
-            sampled = schedule.batch(prefetch=i < n - 1)
+            sampled = schedule.batch(prefetch=i < n)
             _, phases = side.learn(sampled, settle=schedule.settle)
             self.rewards[mode].append(phases["reward"])
             self.staleness[mode].append(side.version - 1 - sampled.rollouts.policy_version)
-            if keep:
+            if keep and i > 0:
                 self.times[mode].append(time.perf_counter() - t0)
                 self.tokens[mode].append(int(sampled.rollouts.lengths.sum()))
                 own = {key: phases[key] for key in ("train_s", "wait_s", "sync_s")}
@@ -165,7 +171,7 @@ def main() -> None:
     modes = Modes(run_modes)
     try:
         for mode in run_modes:
-            modes.steps(mode, 2, keep=False)  # warm-up: the first async step has nothing sampled ahead yet
+            modes.steps(mode, 0, keep=False)  # warm-up: one step
         for _ in range(2):
             for mode in run_modes:
                 modes.steps(mode, args.steps // 2, keep=True)

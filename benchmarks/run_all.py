@@ -1,7 +1,8 @@
 """``make bench``: every benchmark in turn, each printing its own tables, then how long each took.
 
-Each runs as its own process (its own Ray cluster), in this order, with these arguments; a benchmark that
-fails stops the run with its exit status. The last table is the wall time of each and of the whole.
+Each runs as its own process, in this order, with these arguments, all in one Ray cluster that this script starts
+and stops (``workloads.init_ray``); a benchmark that fails stops the run with its exit status. The last table is
+the wall time of each and of the whole.
 
     RAY_AUTH_MODE=disabled ../.venv/bin/python run_all.py [--only e2e_trl,async_rollouts]
 """
@@ -9,12 +10,13 @@ fails stops the run with its exit status. The last table is the wall time of eac
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from workloads import table
+from workloads import SHARED_CPUS, SHARED_RAY, table
 
 HERE = Path(__file__).resolve().parent
 BENCHMARKS = [
@@ -25,10 +27,21 @@ BENCHMARKS = [
     # The ~100M model the issue names; the demo model's broadcast is e2e_trl's sync column, in the demo's layout.
     ("weight_sync", ["--rounds", "2", "--sizes", "100m"]),
     ("async_rollouts", ["--steps", "6"]),
-    ("step_profile", ["--steps", "1"]),
+    # The demo's profile (the 40M one: step_profile.py's default, or --workloads 40m).
+    ("step_profile", ["--steps", "1", "--workloads", "demo"]),
 ]
 """Sized to run in about 12 minutes on this project's 2-core machine at its usual speed (16.0 on a day it ran
 1.15-2.7x slower); each script's own defaults (``--help``) measure longer."""
+
+
+def shared_cluster() -> str:
+    """Start the local Ray cluster every benchmark joins (as ``init_ray`` would start its own); its address."""
+    import ray
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ.setdefault("RAY_worker_niceness", "0")  # as init_ray: the actors at the driver's priority
+    ray.init(address="local", num_cpus=SHARED_CPUS, include_dashboard=False, log_to_driver=False)
+    return ray.get_runtime_context().gcs_address
 
 
 def main() -> None:
@@ -42,15 +55,21 @@ def main() -> None:
         raise SystemExit(f"unknown benchmark(s) {sorted(unknown)}: expected some of {sorted(names)}")
     walls: list[list] = []
     start = time.perf_counter()
-    for name, extra in BENCHMARKS:
-        if only and name not in only:
-            continue
-        print(f"\n=== {name} {' '.join(extra)}".rstrip(), flush=True)
-        t0 = time.perf_counter()
-        rc = subprocess.run([sys.executable, str(HERE / f"{name}.py"), *extra], cwd=HERE).returncode
-        walls.append([name, time.perf_counter() - t0])
-        if rc != 0:
-            raise SystemExit(f"benchmark {name} failed with exit status {rc}")
+    env = os.environ | {SHARED_RAY: shared_cluster()}
+    try:
+        for name, extra in BENCHMARKS:
+            if only and name not in only:
+                continue
+            print(f"\n=== {name} {' '.join(extra)}".rstrip(), flush=True)
+            t0 = time.perf_counter()
+            rc = subprocess.run([sys.executable, str(HERE / f"{name}.py"), *extra], cwd=HERE, env=env).returncode
+            walls.append([name, time.perf_counter() - t0])
+            if rc != 0:
+                raise SystemExit(f"benchmark {name} failed with exit status {rc}")
+    finally:
+        import ray
+
+        ray.shutdown()  # stops the cluster this process started
     total = time.perf_counter() - start
     table("wall time per benchmark, s", ["benchmark", "wall s"], [*walls, ["all", total]])
     print(f"\nmake bench: {total / 60:.1f} min")

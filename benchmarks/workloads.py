@@ -172,10 +172,24 @@ def _fmt(c) -> str:
     return str(c)
 
 
+SHARED_RAY = "R1RAY_BENCH_RAY_ADDRESS"
+"""Where ``run_all.py`` puts the address of the one Ray cluster its benchmarks share (each would otherwise start
+and stop its own, ~4 s apiece)."""
+SHARED_CPUS = 48
+"""The shared cluster's logical CPUs: at least any benchmark's own ``num_cpus``."""
+
+
 def init_ray(num_cpus: int = 8) -> None:
+    """Join ``run_all.py``'s cluster where it is running, else start a local one of ``num_cpus`` logical CPUs."""
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     # As cluster/runtime/ray_cluster.py: the actors at the priority of the driver (and of the floor it measures).
     os.environ.setdefault("RAY_worker_niceness", "0")
     import ray
 
-    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+    shared = os.environ.get(SHARED_RAY)
+    if shared:
+        if num_cpus > SHARED_CPUS:
+            raise SystemExit(f"this benchmark needs {num_cpus} logical CPUs; run_all's cluster has {SHARED_CPUS}")
+        ray.init(address=shared, log_to_driver=False)
+    else:
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
