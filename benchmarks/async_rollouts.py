@@ -1,8 +1,8 @@
 """Asynchronous rollouts vs synchronous on the same two cores, on the demo workload, and whether it learns.
 
 Three modes by default, one fleet each (actor names prefixed), taking turns in blocks of steps after a warm-up
-step each, the actors' threads pinned at each switch; each block begins with one unmeasured step, which refills
-an asynchronous mode's pipeline (see ``Modes.steps``):
+step each, the actors' threads pinned at each switch; an asynchronous mode's pipeline stays full from one of
+its blocks to the next (see ``Modes.steps``):
 
 - sync, shared: engines and learner take turns, each with both cores, in the demo's layout (two engines of one
   thread each, side by side): engines and learners sharing their hardware;
@@ -122,11 +122,13 @@ class Modes:
         return sample
 
     def steps(self, mode: Mode, n: int, keep: bool) -> None:
-        """One block: the mode's actors pinned, one unmeasured step, then ``n`` steps (measured if ``keep``).
+        """One block: the mode's actors pinned, then ``n`` steps (measured if ``keep``).
 
-        The unmeasured step refills an asynchronous pipeline: a block's last step samples nothing ahead (the
-        other modes run next on the same cores), so its first step samples, then trains, one after the other, as
-        only the first step of a real run does. Every mode takes it, so the blocks compare steady steps."""
+        Every asynchronous step samples the next batch ahead, the block's last one too: the sampling ends within
+        the step (the learner waits for it before the push, ``settle``), so nothing runs on into the other modes'
+        blocks, and the mode's next block starts on a batch sampled one step ahead, as every step of a real run
+        but its first does. So each measured step is a steady one: neither a first step, which samples and then
+        trains, nor a last one, which only trains."""
         side = self.sides[mode]
         fleet = side.fleet
         for worker in fleet.rollouts:
@@ -135,13 +137,13 @@ class Modes:
         if fleet.reference is not None:
             place(fleet.reference, {0} if mode.split else {0, 1})
         schedule = self.schedules[mode]
-        for i in range(n + 1):
+        for _ in range(n):
             t0 = time.perf_counter()
-            sampled = schedule.batch(prefetch=i < n)
+            sampled = schedule.batch(prefetch=True)
             _, phases = side.learn(sampled, settle=schedule.settle)
             self.rewards[mode].append(phases["reward"])
             self.staleness[mode].append(side.version - 1 - sampled.rollouts.policy_version)
-            if keep and i > 0:
+            if keep:
                 self.times[mode].append(time.perf_counter() - t0)
                 self.tokens[mode].append(int(sampled.rollouts.lengths.sum()))
                 own = {key: phases[key] for key in ("train_s", "wait_s", "sync_s")}
@@ -171,7 +173,7 @@ def main() -> None:
     modes = Modes(run_modes)
     try:
         for mode in run_modes:
-            modes.steps(mode, 0, keep=False)  # warm-up: one step
+            modes.steps(mode, 1, keep=False)  # warm-up: the first asynchronous step samples, then trains
         for _ in range(2):
             for mode in run_modes:
                 modes.steps(mode, args.steps // 2, keep=True)
