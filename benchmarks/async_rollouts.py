@@ -1,7 +1,7 @@
 """Asynchronous rollouts vs synchronous on the same two cores, on the demo workload, and whether it learns.
 
-Three modes by default, one fleet each (actor names prefixed), taking turns in blocks of steps after a warm-up
-step each, the actors' threads pinned at each switch; an asynchronous mode's pipeline stays full from one of
+Three modes by default, one fleet each (actor names prefixed), taking turns in blocks of steps after two warm-up
+steps each, the actors' threads pinned at each switch; an asynchronous mode's pipeline stays full from one of
 its blocks to the next (see ``Modes.steps``):
 
 - sync, shared: engines and learner take turns, each with both cores, in the demo's layout (two engines of one
@@ -146,8 +146,10 @@ class Modes:
             if keep:
                 self.times[mode].append(time.perf_counter() - t0)
                 self.tokens[mode].append(int(sampled.rollouts.lengths.sum()))
+                # The sampling this step did: the next batch where it samples ahead (finished: settled), else this one.
+                made = schedule.pending.result() if schedule.pending else sampled
                 own = {key: phases[key] for key in ("train_s", "wait_s", "sync_s")}
-                own |= {"gen_s": sampled.rollouts.gen_seconds, "sample_s": self.sample_s[mode][-1]}
+                own |= {"gen_s": made.rollouts.gen_seconds, "sample_s": self.sample_s[mode][-1]}
                 own["length"] = float(sampled.rollouts.lengths.mean())
                 for key, value in own.items():
                     self.phases[mode].setdefault(key, []).append(value)
@@ -173,7 +175,9 @@ def main() -> None:
     modes = Modes(run_modes)
     try:
         for mode in run_modes:
-            modes.steps(mode, 1, keep=False)  # warm-up: the first asynchronous step samples, then trains
+            # Warm-up: the first asynchronous step samples, then trains; the second is the first to prove the push
+            # with a probe (the learner's and the engines' first logprob-only forwards).
+            modes.steps(mode, 2, keep=False)
         for _ in range(2):
             for mode in run_modes:
                 modes.steps(mode, args.steps // 2, keep=True)

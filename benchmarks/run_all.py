@@ -27,11 +27,11 @@ BENCHMARKS = [
     # The ~100M model the issue names; the demo model's broadcast is e2e_trl's sync column, in the demo's layout.
     ("weight_sync", ["--rounds", "2", "--sizes", "100m"]),
     ("async_rollouts", ["--steps", "6"]),
-    # The demo's profile (the 40M one: step_profile.py's default, or --workloads 40m).
+    # The demo's profile only (step_profile.py's default profiles both workloads; --workloads 40m the 40M one).
     ("step_profile", ["--steps", "1", "--workloads", "demo"]),
 ]
-"""Sized to run in about 12 minutes on this project's 2-core machine at its usual speed (16.0 on a day it ran
-1.15-2.7x slower); each script's own defaults (``--help``) measure longer."""
+"""Sized to run in about 14-15 minutes on this project's 2-core machine (13.8-14.7 in three runs on one day);
+each script's own defaults (``--help``) measure longer."""
 
 
 def shared_cluster() -> str:
@@ -55,8 +55,8 @@ def main() -> None:
         raise SystemExit(f"unknown benchmark(s) {sorted(unknown)}: expected some of {sorted(names)}")
     walls: list[list] = []
     start = time.perf_counter()
-    env = os.environ | {SHARED_RAY: shared_cluster()}
     try:
+        env = os.environ | {SHARED_RAY: shared_cluster()}
         for name, extra in BENCHMARKS:
             if only and name not in only:
                 continue

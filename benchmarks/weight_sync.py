@@ -65,7 +65,7 @@ def bench(name: str, rounds: int, workdir: Path, engines: int = 1, warmup: int =
         "mib": params * 4 / 2**20,
         "sync_s": statistics.median(seconds[warmup:]),
         "receive_s": statistics.median(receive[warmup:]),
-        "first_sync_s": seconds[0],
+        "first_sync_s": seconds[0] if warmup else float("nan"),
         "logprob_diff_max": max(diffs),
     }
 
@@ -96,6 +96,8 @@ def main() -> None:
     parser.add_argument("--sizes", default="tiny,100m")
     parser.add_argument("--engines", default="1,2", help="engine counts to broadcast to")
     args = parser.parse_args()
+    if args.warmup < 0 or args.rounds < 1:
+        raise SystemExit(f"--warmup must be >= 0 and --rounds >= 1, got {args.warmup} and {args.rounds}")
     import ray
     from workloads import init_ray
 
