@@ -4,8 +4,8 @@ Real Ray actors, real vLLM engines (1 and 2) and r1ray's gloo weight-transfer en
 per model size and engine count with parameter count, MiB moved, sync seconds (median of the rounds after a
 warm-up round; the engine's own receive + load time beside it, the floor of vLLM loading these weights in its
 process), the floor of moving the same bytes once (an in-process ``copy_``) and the logprob agreement after the
-sync. The warm-up round's sync is printed apart: the first push of a fleet also sets up what later pushes reuse
-(a run makes it before its first step), and a median of two rounds with it would be their mean.
+sync. The warm-up round's sync is printed apart: a fleet's first push is slower than the next ones (a run makes
+it before its first step), and a median of two rounds with it would be their mean.
 
     RAY_AUTH_MODE=disabled .venv/bin/python benchmarks/weight_sync.py [--rounds 5] [--sizes tiny,100m]
 """
