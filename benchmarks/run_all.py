@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from workloads import SHARED_CPUS, SHARED_RAY, table
+from workloads import SHARED_CPUS, SHARED_RAY, start_local_ray, table
 
 HERE = Path(__file__).resolve().parent
 BENCHMARKS = [
@@ -38,9 +38,7 @@ def shared_cluster() -> str:
     """Start the local Ray cluster every benchmark joins (as ``init_ray`` would start its own); its address."""
     import ray
 
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    os.environ.setdefault("RAY_worker_niceness", "0")  # as init_ray: the actors at the driver's priority
-    ray.init(address="local", num_cpus=SHARED_CPUS, include_dashboard=False, log_to_driver=False)
+    start_local_ray(SHARED_CPUS)
     return ray.get_runtime_context().gcs_address
 
 

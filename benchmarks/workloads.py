@@ -179,17 +179,25 @@ SHARED_CPUS = 48
 """The shared cluster's logical CPUs: at least any benchmark's own ``num_cpus``."""
 
 
-def init_ray(num_cpus: int = 8) -> None:
-    """Join ``run_all.py``'s cluster where it is running, else start a local one of ``num_cpus`` logical CPUs."""
+def start_local_ray(num_cpus: int) -> None:
+    """A local Ray cluster of ``num_cpus`` logical CPUs, its actors at the driver's priority."""
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     # As cluster/runtime/ray_cluster.py: the actors at the priority of the driver (and of the floor it measures).
     os.environ.setdefault("RAY_worker_niceness", "0")
     import ray
 
+    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+
+
+def init_ray(num_cpus: int = 8) -> None:
+    """Join ``run_all.py``'s cluster where it is running, else start a local one of ``num_cpus`` logical CPUs."""
     shared = os.environ.get(SHARED_RAY)
-    if shared:
-        if num_cpus > SHARED_CPUS:
-            raise SystemExit(f"this benchmark needs {num_cpus} logical CPUs; run_all's cluster has {SHARED_CPUS}")
-        ray.init(address=shared, log_to_driver=False)
-    else:
-        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+    if not shared:
+        start_local_ray(num_cpus)
+        return
+    if num_cpus > SHARED_CPUS:
+        raise SystemExit(f"this benchmark needs {num_cpus} logical CPUs; run_all's cluster has {SHARED_CPUS}")
+    import ray
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    ray.init(address=shared, log_to_driver=False)
