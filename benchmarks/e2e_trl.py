@@ -209,6 +209,8 @@ def main() -> None:
     names = args.workloads.split(",")
     steps = steps_per_workload(args.steps, names)
     results = {name: run(WORKLOADS[name], steps[name], args.warmup) for name in names}
+    for r in results.values():  # the speed-up in completion tokens per second
+        r["token_speedup"] = (r["r1ray_tokens"] / r["step_s"]) / (r["trl_tokens"] / r["trl_s"])
     header = ["workload", "r1ray s/step", "TRL s/step", "speed-up", "tokens (r1ray / TRL)", "tokens/s speed-up"]
     header += ["r1ray sample+score", "train", "sync"]
     table(
@@ -221,7 +223,7 @@ def main() -> None:
                 r["trl_s"],
                 r["trl_s"] / r["step_s"],
                 f"{r['r1ray_tokens']:,.0f} / {r['trl_tokens']:,.0f}",
-                (r["r1ray_tokens"] / r["step_s"]) / (r["trl_tokens"] / r["trl_s"]),
+                r["token_speedup"],
                 r["sample_s"],
                 r["train_s"],
                 r["sync_s"],
@@ -256,9 +258,7 @@ def main() -> None:
         ],
     )
     (WORK / "e2e.json").write_text(json.dumps(results, indent=1))
-    per_token = ", ".join(
-        f"{n} x{(r['r1ray_tokens'] / r['step_s']) / (r['trl_tokens'] / r['trl_s']):.2f}" for n, r in results.items()
-    )
+    per_token = ", ".join(f"{n} x{r['token_speedup']:.2f}" for n, r in results.items())
     print(
         "\n"
         + "r1ray/TRL speed-up: "
